@@ -1,0 +1,37 @@
+# make train: fresh venv, install, train configs/default.py (no download), evaluate it.
+# make test:  fresh venv with test extras, run the suite.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdirs/default
+CONFIG ?= configs/default.py
+# Eight simulated CPU devices so that sharded code paths run in tests.
+TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 TF_CPP_MIN_LOG_LEVEL=2
+
+.PHONY: install install-test train eval test clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+train: install
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) train.py --config $(CONFIG) --workdir $(WORKDIR)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) eval.py --config $(CONFIG) --workdir $(WORKDIR)
+
+eval: install
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) eval.py --config $(CONFIG) --workdir $(WORKDIR)
+
+test: install-test
+	$(TEST_ENV) $(PY) -m pytest -n 2 -q tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""MobileNet v1 and ShuffleNet v1 in JAX/Flax."""

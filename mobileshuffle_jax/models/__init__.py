@@ -1,0 +1,32 @@
+"""Model registry: `build(name, **options)` returns a Linen module.
+
+    model = build("shufflenet_v1", groups=3, scale=0.5)
+    variables = model.init(jax.random.key(0), images, train=False)
+    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": key})
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from mobileshuffle_jax.models.mobilenet_v1 import MobileNetV1
+from mobileshuffle_jax.models.shufflenet_v1 import ShuffleNetV1
+
+MODELS = {
+    "mobilenet_v1": MobileNetV1,
+    "shufflenet_v1": ShuffleNetV1,
+}
+
+
+def build(name: str, **options) -> nn.Module:
+  """The model `name` with `options` (the module's fields, e.g. alpha=0.5, groups=8)."""
+  if name not in MODELS:
+    raise ValueError(f"model={name!r} is not supported; allowed values: "
+                     f"{', '.join(repr(m) for m in MODELS)}")
+  cls = MODELS[name]
+  unknown = sorted(set(options) - {f for f in cls.__dataclass_fields__
+                                   if f not in ("parent", "name")})
+  if unknown:
+    raise ValueError(f"{name} has no option {', '.join(map(repr, unknown))}")
+  return cls(**options)
