@@ -56,7 +56,13 @@ def channel_shuffle(x: jnp.ndarray, groups: int) -> jnp.ndarray:
 
 def inverse_channel_shuffle(x: jnp.ndarray, groups: int) -> jnp.ndarray:
   """The inverse permutation of `channel_shuffle(x, groups)`."""
-  return channel_shuffle(x, x.shape[-1] // groups)
+  channels = x.shape[-1]
+  # Checked here too: channels // groups would silently pick another permutation (or
+  # divide by zero) for a groups that does not divide the channels.
+  if groups < 1 or channels % groups:
+    raise ValueError(f"inverse_channel_shuffle: groups={groups} must be a positive divisor "
+                     f"of the channel count {channels}")
+  return channel_shuffle(x, channels // groups)
 
 
 def pool(x: jnp.ndarray, kind: str, padding: str) -> jnp.ndarray:
@@ -119,6 +125,9 @@ class DepthwiseSeparable(nn.Module):
 # Where the stride-2 unit puts its pooled shortcut in the concat. The paper leaves it
 # open; pytorchcv puts the main branch first, the authors' release the shortcut first.
 CONCAT_ORDERS = ("main_first", "shortcut_first")
+# The unit's channel shuffle: "paper" is `channel_shuffle`; "inverse" is
+# `inverse_channel_shuffle`, the permutation of the authors' release.
+SHUFFLE_ORDERS = ("paper", "inverse")
 
 
 class ShuffleUnit(nn.Module):
@@ -139,6 +148,7 @@ class ShuffleUnit(nn.Module):
   shuffle: bool = True
   padding: str = "same"
   concat_order: str = "main_first"
+  shuffle_order: str = "paper"
 
   @nn.compact
   def __call__(self, x):
@@ -156,7 +166,8 @@ class ShuffleUnit(nn.Module):
 
     y = layer(bottleneck, 1, groups=compress_groups, activation=nn.relu, name="compress")(x)
     if self.shuffle and self.groups > 1:
-      y = channel_shuffle(y, self.groups)
+      shuffle = channel_shuffle if self.shuffle_order == "paper" else inverse_channel_shuffle
+      y = shuffle(y, self.groups)
     y = layer(bottleneck, 3, strides=self.strides, groups=bottleneck, name="depthwise")(y)
     y = layer(branch_channels, 1, groups=self.groups, name="expand")(y)
 

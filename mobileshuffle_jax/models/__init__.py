@@ -1,6 +1,7 @@
-"""Model registry: `build(name, **options)` returns a Linen module.
+"""Model registry: `build(name, lowering="auto", **options)` returns a Linen module.
 
     model = build("shufflenet_v1", groups=3, scale=0.5)
+    model = build("mobilenet_v1", lowering="fast")  # see mobileshuffle_jax.lowering
     variables = model.init(jax.random.key(0), images, train=False)
     logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"],
                                   rngs={"dropout": key})
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
+from mobileshuffle_jax import lowering as conv_lowerings
 from mobileshuffle_jax.models.mobilenet_v1 import MobileNetV1
 from mobileshuffle_jax.models.shufflenet_v1 import ShuffleNetV1
 
@@ -19,8 +21,13 @@ MODELS = {
 }
 
 
-def build(name: str, **options) -> nn.Module:
-  """The model `name` with `options` (the module's fields, e.g. alpha=0.5, groups=8)."""
+def build(name: str, lowering: str = "auto", **options) -> nn.Module:
+  """The model `name` with `options` (the module's fields, e.g. alpha=0.5, groups=8).
+
+  `lowering` names how its convolutions are computed ('auto', 'xla' or 'fast', see
+  `lowering.conv_lowering`); it only sets the `conv_lowering` field, so an explicit
+  `conv_lowering=` option (a callable, or None for XLA's own) wins over it.
+  """
   if name not in MODELS:
     raise ValueError(f"model={name!r} is not supported; allowed values: "
                      f"{', '.join(repr(m) for m in MODELS)}")
@@ -29,4 +36,6 @@ def build(name: str, **options) -> nn.Module:
                                    if f not in ("parent", "name")})
   if unknown:
     raise ValueError(f"{name} has no option {', '.join(map(repr, unknown))}")
+  if "conv_lowering" not in options:
+    options["conv_lowering"] = conv_lowerings.conv_lowering(lowering)
   return cls(**options)

@@ -80,6 +80,7 @@ class ShuffleNetV1(nn.Module):
   variant: str = "standard"
   conv1_channels: int | None = None  # None: `default_conv1_channels(groups, scale)`
   concat_order: str = "main_first"
+  shuffle_order: str = "paper"
   classifier_bias: bool = True
   dropout_rate: float = 0.0
   bn_momentum: float = 0.9
@@ -94,6 +95,7 @@ class ShuffleNetV1(nn.Module):
     common.check_positive("scale", self.scale)
     layers.check_choice("variant", self.variant, VARIANTS)
     layers.check_choice("concat_order", self.concat_order, layers.CONCAT_ORDERS)
+    layers.check_choice("shuffle_order", self.shuffle_order, layers.SHUFFLE_ORDERS)
     common.check_common(num_classes=self.num_classes, dropout_rate=self.dropout_rate,
                         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                         padding=self.padding, input_channels=self.input_channels)
@@ -139,7 +141,8 @@ class ShuffleNetV1(nn.Module):
     x = layers.pool(x, "max", self.padding)
     unit = functools.partial(layers.ShuffleUnit, groups=self.groups, conv=conv, norm=norm,
                              shuffle=self.shuffle, padding=self.padding,
-                             concat_order=self.concat_order)
+                             concat_order=self.concat_order,
+                             shuffle_order=self.shuffle_order)
     for name, stride, channels, compress_groups in self.unit_specs():
       x = unit(channels, stride, compress_groups=compress_groups, name=name)(x)
     return common.classify(x, num_classes=self.num_classes, dropout_rate=self.dropout_rate,

@@ -1,0 +1,502 @@
+"""Input pipeline: TFDS data sets to sharded, deterministic, resumable numpy batches.
+
+`prepare(config.data)` builds the data set once (scikit-learn digits, a folder of images, or
+any TFDS image-classification data set such as imagenet2012 from its manually downloaded
+tars) and returns its `DatasetInfo`. Then:
+
+- `train_batches` yields `{'images', 'labels'}` forever. Each host reads its own slice of
+  the split. Epoch e is a shuffle of that slice seeded by (seed, e), and the augmentation
+  of an example is seeded by (seed, its position in the stream), so the batches are a
+  function of (seed, step) alone: a pipeline started at step k yields exactly what an
+  uninterrupted one yields from step k on, and starting there only reads (never decodes)
+  the records of the current epoch that come before step k.
+- `eval_batches` yields `{'images', 'labels', 'mask'}`: every host yields the same number
+  of batches (`num_eval_batches`), padded with masked dummies, so that every real example
+  counts exactly once whatever the batch size and host count.
+
+Training images are decoded only within a random crop (`sample_distorted_bounding_box` plus
+`decode_and_crop_jpeg`), flipped, resized bilinearly (as TF-slim, whose MobileNet recipe
+this follows) and normalised; evaluation images are centre-cropped to `eval_crop_ratio` of
+their shorter side, then resized. `normalize` and `NORMALIZATIONS` are plain numpy
+arithmetic so that a predictor can apply the same definitions to numpy or JAX arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import time
+from typing import Any, Iterator, NamedTuple
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from mobileshuffle_jax import datasets
+
+
+def _hide_accelerators_from_tensorflow() -> None:
+  """TensorFlow only feeds the input pipeline: every accelerator belongs to JAX."""
+  try:
+    for device_type in ("GPU", "TPU"):
+      tf.config.set_visible_devices([], device_type)
+  except RuntimeError:  # raised once TensorFlow has initialised its devices
+    logging.warning("TensorFlow was initialised before mobileshuffle_jax.input_pipeline was "
+                    "imported and may hold accelerator memory: import it first")
+
+
+_hide_accelerators_from_tensorflow()
+
+
+class Normalization(NamedTuple):
+  """Per-channel RGB statistics on the 0..255 scale: `(image - mean) / std`."""
+
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+
+
+NORMALIZATIONS = {
+    # torchvision's ImageNet statistics (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) x 255.
+    "imagenet": Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)),
+    "minus_one_one": Normalization(mean=(127.5,) * 3, std=(127.5,) * 3),  # TF-slim, Keras
+    "zero_one": Normalization(mean=(0.0,) * 3, std=(255.0,) * 3),
+    "none": Normalization(mean=(0.0,) * 3, std=(1.0,) * 3),  # raw 0..255 as float
+}
+
+# ImageNet distributes these only to registered users; tfds's builder reads them unextracted.
+IMAGENET_TARS = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}
+# Attempts at a crop within the configured ranges before the whole image is used instead.
+CROP_ATTEMPTS = 10
+# The whole image as the one "object" box: crops are then constrained by the ranges alone.
+_WHOLE_IMAGE_BOX = (((0.0, 0.0, 1.0, 1.0),),)
+
+
+class DataError(ValueError):
+  """A data set that is missing, unprepared or unusable; the message says how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What training needs to know about a prepared data set (counts over all hosts)."""
+
+  name: str
+  num_classes: int
+  num_train_examples: int
+  num_eval_examples: int
+  class_names: tuple[str, ...] = ()
+  # Files that could not be decoded when an image folder was prepared (relative to its root).
+  skipped_files: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+  """Training-preprocessing speed (see `measure_train_throughput`)."""
+
+  images_per_second: float  # wall clock, with as many cores as tf.data took
+  images_per_cpu_second: float  # per core: images over the CPU time of the whole process
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """Every field the pipeline reads, defaulting to the ImageNet recipe of the papers."""
+  data = ml_collections.ConfigDict()
+  # 'digits', 'image_folder', or any tfds image-classification name ('imagenet2012').
+  data.name = "imagenet2012"
+  data.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds's default
+  data.manual_dir = ml_collections.config_dict.placeholder(str)  # imagenet2012's tars
+  data.image_folder = ml_collections.config_dict.placeholder(str)  # ROOT/{train,validation}/
+  data.train_split = "train"  # any tfds split spec, e.g. 'train[:95%]'
+  data.eval_split = "validation"
+  data.image_size = 224
+  data.train_crop_area_range = (0.08, 1.0)  # fraction of the image area
+  data.train_crop_aspect_range = (3 / 4, 4 / 3)  # width / height
+  data.train_flip = True
+  data.eval_crop_ratio = 0.875  # centre crop side / shorter image side
+  data.normalization = "imagenet"  # a key of NORMALIZATIONS
+  data.shuffle_buffer = 16_384  # records (still encoded) shuffled at a time
+  data.cache = False  # keep the encoded training records in memory (small data sets)
+  data.seed = 0  # example order and augmentation
+  return data
+
+
+def normalize(images, normalization: str):
+  """`images` (RGB values 0..255; numpy, JAX or float TF arrays, channels last) normalised.
+
+  Integer numpy or JAX images come back as float32.
+  """
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f"normalization={normalization!r} must be one of {sorted(NORMALIZATIONS)}")
+  mean, std = NORMALIZATIONS[normalization]
+  return (images - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def prepare(data_config: ml_collections.ConfigDict) -> DatasetInfo:
+  """Builds the data set into its tfds data_dir unless already there; returns its info.
+
+  Raises DataError with instructions when the data cannot be had (unknown name, missing
+  ImageNet tars or image folder, a download that fails).
+  """
+  _check_config(data_config)
+  builder = _builder(data_config)
+  if not builder.is_prepared():
+    if builder.name == "imagenet2012":
+      _check_imagenet_tars(data_config, builder)
+    download_config = tfds.download.DownloadConfig(manual_dir=data_config.manual_dir)
+    try:
+      builder.download_and_prepare(download_config=download_config)
+    except Exception as error:  # pylint: disable=broad-except
+      # Any failure here (network, disk, malformed source) needs the same advice.
+      raise DataError(_preparation_failure(data_config, builder, error)) from error
+  info = _dataset_info(data_config, builder)
+  if info.skipped_files:
+    logging.warning("%d unreadable file(s) were skipped when %s was prepared; they are "
+                    "listed in %s", len(info.skipped_files), data_config.image_folder,
+                    os.path.join(builder.data_dir, "metadata.json"))
+  return info
+
+
+def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                  start_step: int = 0, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """This host's training batches from `start_step` on, forever.
+
+  Yields {'images': float32 [global_batch_size // process_count, H, W, 3],
+  'labels': int32 [global_batch_size // process_count]}.
+  """
+  _check_config(data_config)
+  host_batch_size = _host_batch_size(global_batch_size, process_index, process_count)
+  if start_step < 0:
+    raise ValueError(f"start_step={start_step} must be >= 0")
+  builder = _prepared_builder(data_config)
+  image_key, label_key = _feature_keys(builder)
+  host_split = tfds.even_splits(data_config.train_split, n=process_count)[process_index]
+  host_examples = _num_examples(builder, host_split)
+  if host_examples == 0:
+    raise DataError(f"{data_config.name!r} split {data_config.train_split!r} leaves no "
+                    f"training examples to host {process_index} of {process_count}")
+  records = _encoded_records(builder, host_split, image_key, label_key)
+  if data_config.cache:
+    records = records.cache()
+  seed = int(data_config.seed)
+
+  def epoch_records(epoch):
+    # A fresh shuffle per epoch, seeded by (seed, epoch): every example once per epoch, and
+    # any epoch can be started without replaying the ones before it. The files are read in
+    # a fixed order, but tfds wrote the examples into them in a random order, so a buffer
+    # shuffle re-randomises each epoch (locally: an example moves by up to the buffer size).
+    epoch_seed = tf.random.stateless_uniform(
+        [], seed=tf.stack([tf.constant(seed, tf.int64), epoch]), minval=0,
+        maxval=2**31 - 1, dtype=tf.int64)
+    return records.shuffle(data_config.shuffle_buffer, seed=epoch_seed)
+
+  first_position = start_step * host_batch_size  # this host's examples before start_step
+  start_epoch, offset_in_epoch = divmod(first_position, host_examples)
+  examples = tf.data.Dataset.counter(start_epoch).flat_map(epoch_records)
+  # Skipped records are never decoded: resuming costs a read of part of one epoch.
+  examples = examples.skip(offset_in_epoch).enumerate(start=first_position)
+
+  def preprocess(position, record):
+    image_bytes, label = record
+    # Unique over hosts, so no two examples anywhere share their augmentation.
+    example_seed = tf.stack([tf.constant(seed, tf.int64),
+                             position * process_count + process_index])
+    return {"images": _train_image(image_bytes, example_seed, data_config), "labels": label}
+
+  batches = examples.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  batches = batches.batch(host_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return batches.with_options(_deterministic_options()).as_numpy_iterator()
+
+
+def num_eval_batches(info_or_config: DatasetInfo | ml_collections.ConfigDict,
+                     global_batch_size: int) -> int:
+  """How many batches `eval_batches` yields on every host: ceil(examples / batch size).
+
+  Independent of the host count, since each host holds at most ceil(examples / hosts).
+  """
+  if global_batch_size < 1:
+    raise ValueError(f"global_batch_size={global_batch_size} must be >= 1")
+  if isinstance(info_or_config, DatasetInfo):
+    info = info_or_config
+  else:
+    info = _dataset_info(info_or_config, _prepared_builder(info_or_config))
+  return -(-info.num_eval_examples // global_batch_size)
+
+
+def eval_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                 process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """This host's share of the eval split, padded to `num_eval_batches` full batches.
+
+  Yields {'images': float32 [B, H, W, 3], 'labels': int32 [B], 'mask': float32 [B]} with
+  B = global_batch_size // process_count; mask is 1 for real examples, 0 for padding.
+  """
+  _check_config(data_config)
+  host_batch_size = _host_batch_size(global_batch_size, process_index, process_count)
+  builder = _prepared_builder(data_config)
+  image_key, label_key = _feature_keys(builder)
+  info = _dataset_info(data_config, builder)
+  # Sub-splits differ by at most one example, so ceil(N / G) batches hold every host's.
+  host_split = tfds.even_splits(data_config.eval_split, n=process_count)[process_index]
+  host_examples = _num_examples(builder, host_split)
+  padding = num_eval_batches(info, global_batch_size) * host_batch_size - host_examples
+
+  def preprocess(image_bytes, label):
+    return {"images": _eval_image(image_bytes, data_config), "labels": label,
+            "mask": tf.constant(1.0)}
+
+  size = data_config.image_size
+  dummy = {"images": tf.zeros([size, size, 3]), "labels": tf.constant(0, tf.int32),
+           "mask": tf.constant(0.0)}
+  examples = tf.data.Dataset.from_tensors(dummy).repeat(padding)
+  if host_examples:  # tfds refuses to read an empty sub-split (more hosts than examples)
+    examples = _encoded_records(builder, host_split, image_key, label_key).map(
+        preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).concatenate(examples)
+  batches = examples.batch(host_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return batches.with_options(_deterministic_options()).as_numpy_iterator()
+
+
+def measure_train_throughput(data_config: ml_collections.ConfigDict, batch_size: int,
+                             num_batches: int) -> Throughput:
+  """Times `num_batches` training batches of one host after a warm-up batch.
+
+  The warm-up absorbs tracing and the first shuffle-buffer fill. `images_per_cpu_second`
+  divides by the CPU time of the whole process (all tf.data threads), so it measures the
+  cost per core independently of how many cores were free.
+  """
+  batches = train_batches(data_config, global_batch_size=batch_size)
+  next(batches)
+  wall_start, cpu_start = time.perf_counter(), time.process_time()
+  for _ in range(num_batches):
+    next(batches)
+  wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
+  images = batch_size * num_batches
+  return Throughput(images_per_second=images / wall, images_per_cpu_second=images / cpu)
+
+
+def _check_config(data_config: ml_collections.ConfigDict) -> None:
+  """Config mistakes, raised before any data is touched."""
+  if data_config.normalization not in NORMALIZATIONS:
+    raise ValueError(f"data.normalization={data_config.normalization!r} must be one of "
+                     f"{sorted(NORMALIZATIONS)}")
+  if data_config.image_size < 1:
+    raise ValueError(f"data.image_size={data_config.image_size} must be >= 1")
+  if not 0.0 < data_config.eval_crop_ratio <= 1.0:
+    raise ValueError(f"data.eval_crop_ratio={data_config.eval_crop_ratio} must be in (0, 1]")
+  low, high = data_config.train_crop_area_range
+  if not 0.0 < low <= high <= 1.0:
+    raise ValueError(f"data.train_crop_area_range={tuple(data_config.train_crop_area_range)} "
+                     "must satisfy 0 < low <= high <= 1")
+  low, high = data_config.train_crop_aspect_range
+  if not 0.0 < low <= high:
+    raise ValueError(f"data.train_crop_aspect_range="
+                     f"{tuple(data_config.train_crop_aspect_range)} must satisfy 0 < low <= high")
+  if data_config.shuffle_buffer < 1:
+    raise ValueError(f"data.shuffle_buffer={data_config.shuffle_buffer} must be >= 1")
+
+
+def _host_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must be in [0, {process_count})")
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
+                     f"process_count={process_count}")
+  return global_batch_size // process_count
+
+
+def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The tfds builder that `data_config.name` designates (nothing prepared or read yet)."""
+  name = data_config.name
+  data_dir = data_config.data_dir or None
+  if name == "image_folder":
+    root = data_config.image_folder
+    if not root or not os.path.isdir(root):
+      raise DataError(f"data.name='image_folder' needs data.image_folder set to a directory "
+                      f"holding train/CLASS/<images> and validation/CLASS/<images>; got "
+                      f"{root!r}")
+    try:
+      return datasets.image_folder.builder_for_root(root, data_dir)
+    except FileNotFoundError as error:
+      raise DataError(str(error)) from error
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.DatasetNotFoundError:
+    # Registered by importing mobileshuffle_jax.datasets, 'digits' and 'image_folder' are in
+    # tfds's list too.
+    close = difflib.get_close_matches(name, tfds.list_builders(with_community_datasets=False))
+    hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise DataError(f"unknown dataset data.name={name!r}: expected 'digits', 'image_folder' or "
+                    f"the name of a TFDS image-classification dataset.{hint}") from None
+
+
+def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  builder = _builder(data_config)
+  if not builder.is_prepared():
+    raise DataError(f"{data_config.name!r} is not prepared in {builder.data_dir_root}: call "
+                    "mobileshuffle_jax.input_pipeline.prepare(config.data) first")
+  return builder
+
+
+def _feature_keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
+  """(image feature, label feature): the supervised keys, else 'image' and 'label'."""
+  keys = builder.info.supervised_keys
+  if not (isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys)):
+    keys = ("image", "label")
+  image_key, label_key = keys
+  features = builder.info.features
+  if not (image_key in features and isinstance(features[image_key], tfds.features.Image)
+          and label_key in features
+          and isinstance(features[label_key], tfds.features.ClassLabel)):
+    raise DataError(f"{builder.name!r} is not an image-classification dataset: it needs an "
+                    f"Image feature and a ClassLabel feature (features: {list(features)})")
+  return image_key, label_key
+
+
+def _num_examples(builder: tfds.core.DatasetBuilder, split: Any) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError) as error:
+    raise DataError(f"{builder.name!r} as prepared in {builder.data_dir} has no split "
+                    f"{split!s}: {error} (its splits: {sorted(builder.info.splits)})") from error
+
+
+def _dataset_info(data_config: ml_collections.ConfigDict,
+                  builder: tfds.core.DatasetBuilder) -> DatasetInfo:
+  _, label_key = _feature_keys(builder)
+  skipped = (builder.info.metadata or {}).get("skipped_files", {})
+  return DatasetInfo(
+      name=data_config.name,
+      num_classes=builder.info.features[label_key].num_classes,
+      num_train_examples=_num_examples(builder, data_config.train_split),
+      num_eval_examples=_num_examples(builder, data_config.eval_split),
+      class_names=tuple(builder.info.features[label_key].names),
+      skipped_files=tuple(path for split in sorted(skipped) for path in skipped[split]),
+  )
+
+
+def _imagenet_instructions(builder: tfds.core.DatasetBuilder) -> str:
+  return (
+      "imagenet2012 is prepared from the ILSVRC2012 archives, which ImageNet distributes "
+      "only to registered users:\n"
+      "  1. register at https://image-net.org/download-images and download, for ILSVRC2012,\n"
+      f"       {IMAGENET_TARS['train']} (138 GiB) and {IMAGENET_TARS['validation']} (6.3 GiB);\n"
+      "  2. put both files, unextracted, in one directory, say /data/ILSVRC2012;\n"
+      "  3. pass it as data.manual_dir (--config.data.manual_dir=/data/ILSVRC2012), or "
+      "prepare once by hand with\n"
+      f"       tfds build imagenet2012 --manual_dir=/data/ILSVRC2012 "
+      f"--data_dir={builder.data_dir_root}\n"
+      f"Preparing writes about 150 GiB of records to {builder.data_dir_root}/imagenet2012 "
+      "(data.data_dir) and takes hours; later runs reuse them and need no manual_dir.")
+
+
+def _check_imagenet_tars(data_config: ml_collections.ConfigDict,
+                         builder: tfds.core.DatasetBuilder) -> None:
+  """DataError with instructions unless manual_dir holds the tars of the configured splits."""
+  manual_dir = data_config.manual_dir
+  split_names = set(re.findall(r"[A-Za-z_]\w*", f"{data_config.train_split} "
+                                                f"{data_config.eval_split}"))
+  needed = [tar for split, tar in IMAGENET_TARS.items() if split in split_names]
+  if not manual_dir:
+    problem = (f"imagenet2012 is not prepared in {builder.data_dir_root} and "
+               "data.manual_dir is unset.")
+  else:
+    missing = [tar for tar in needed if not os.path.isfile(os.path.join(manual_dir, tar))]
+    if not missing:
+      return
+    problem = (f"imagenet2012 is not prepared in {builder.data_dir_root} and "
+               f"data.manual_dir={manual_dir!r} lacks {' and '.join(missing)}.")
+  raise DataError(f"{problem}\n{_imagenet_instructions(builder)}")
+
+
+def _preparation_failure(data_config: ml_collections.ConfigDict,
+                         builder: tfds.core.DatasetBuilder, error: Exception) -> str:
+  message = (f"could not prepare {data_config.name!r} in {builder.data_dir_root}: "
+             f"{type(error).__name__}: {error}\n")
+  if builder.name == "imagenet2012":
+    return message + _imagenet_instructions(builder)
+  if builder.name in ("digits", "image_folder"):
+    return message
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    return (message + "This dataset needs a manual download; put the files in a directory "
+            f"and set data.manual_dir to it:\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  return (message + "Without internet access here, prepare it on a machine that has it "
+          f"(tfds build {builder.name} --data_dir=DIR) and copy DIR/{builder.name} into "
+          f"{builder.data_dir_root} (data.data_dir).")
+
+
+def _encoded_records(builder: tfds.core.DatasetBuilder, split: Any, image_key: str,
+                     label_key: str) -> tf.data.Dataset:
+  """(encoded image bytes, int32 label) of `split` in a fixed order."""
+  read_config = tfds.ReadConfig(try_autocache=False, options=_deterministic_options())
+  records = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config,
+                               decoders={image_key: tfds.decode.SkipDecoding()})
+  return records.map(lambda example: (example[image_key], tf.cast(example[label_key], tf.int32)),
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _deterministic_options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True  # batches must be a function of (seed, step) alone
+  # Parallelism comes from tf.data's parallel map; single-threaded ops avoid oversubscription.
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def _decode_and_crop(image_bytes: tf.Tensor, crop_window_fn) -> tf.Tensor:
+  """uint8 RGB pixels of the window `crop_window_fn(shape)` = [y, x, height, width].
+
+  JPEGs (all that this project's builders store) decode only the window. Other encodings,
+  which some tfds data sets use (cifar10: PNG), decode fully and are then cropped.
+  """
+
+  def crop_jpeg():
+    window = crop_window_fn(tf.image.extract_jpeg_shape(image_bytes))
+    return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
+
+  def crop_other():
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    y, x, height, width = tf.unstack(crop_window_fn(tf.shape(image)))
+    return image[y:y + height, x:x + width]
+
+  image = tf.cond(tf.io.is_jpeg(image_bytes), crop_jpeg, crop_other)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
+  return tf.image.resize(image, [size, size], method="bilinear")  # float32, within 0..255
+
+
+def _train_image(image_bytes: tf.Tensor, example_seed: tf.Tensor,
+                 data_config: ml_collections.ConfigDict) -> tf.Tensor:
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
+
+  def random_crop_window(image_shape):
+    # min_object_covered=0: the configured area range alone bounds the crop's area.
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        image_shape, bounding_boxes=tf.constant(_WHOLE_IMAGE_BOX), seed=crop_seed,
+        min_object_covered=0.0, aspect_ratio_range=tuple(data_config.train_crop_aspect_range),
+        area_range=tuple(data_config.train_crop_area_range), max_attempts=CROP_ATTEMPTS,
+        use_image_if_no_bounding_boxes=True)
+    return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+  image = _resize(_decode_and_crop(image_bytes, random_crop_window), data_config.image_size)
+  if data_config.train_flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  return normalize(image, data_config.normalization)
+
+
+def _eval_image(image_bytes: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
+
+  def center_crop_window(image_shape):
+    height, width = image_shape[0], image_shape[1]
+    # A square of eval_crop_ratio x the shorter side (0.875 = the usual 224 of 256).
+    side = tf.cast(data_config.eval_crop_ratio * tf.cast(tf.minimum(height, width), tf.float32),
+                   tf.int32)
+    side = tf.maximum(side, 1)
+    return tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
+
+  image = _resize(_decode_and_crop(image_bytes, center_crop_window), data_config.image_size)
+  return normalize(image, data_config.normalization)

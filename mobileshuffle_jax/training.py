@@ -1,0 +1,237 @@
+"""Training: `train_and_evaluate(config, workdir)`, importable and driven by train.py.
+
+One jit-compiled step over a 'data' mesh: state replicated, batch sharded, state buffers
+donated. The same code runs on one CPU or on every device of every host.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import logging
+
+from mobileshuffle_jax import (checkpointing, evaluation, input_pipeline, model_config, models,
+                               optim, parallel, progress)
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  ema_params: Any  # None when config.ema_decay == 0
+
+  def variables_item(self) -> dict:
+    """What a checkpoint's `variables` item holds."""
+    item = {"params": self.params, "batch_stats": self.batch_stats}
+    if self.ema_params is not None:
+      item["ema_params"] = self.ema_params
+    return item
+
+log = logging.getLogger("mobileshuffle_jax")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Clear errors for config values that would fail later or silently misbehave."""
+  def require(condition: bool, field: str, allowed: str) -> None:
+    if not condition:
+      raise ValueError(f"config.{field}={config[field]!r} is invalid: {allowed}")
+
+  require((config.num_train_steps > 0) != (config.num_epochs > 0), "num_train_steps",
+          "give exactly one of num_train_steps and num_epochs (the other -1)")
+  require(config.learning_rate > 0, "learning_rate", "must be > 0")
+  require(config.base_batch_size > 0, "base_batch_size", "must be > 0")
+  require(config.weight_decay >= 0, "weight_decay", "must be >= 0")
+  require(0 <= config.ema_decay < 1, "ema_decay", "must be in [0, 1)")
+  require(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+  require(config.grad_clip_norm >= 0, "grad_clip_norm", "must be >= 0 (0 turns it off)")
+  require(config.compute_dtype in model_config.COMPUTE_DTYPES, "compute_dtype",
+          f"allowed values: {', '.join(model_config.COMPUTE_DTYPES)}")
+  for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                "keep_checkpoints"):
+    require(config[field] > 0, field, "must be a positive integer")
+  require(config.model in models.MODELS, "model",
+          f"allowed values: {', '.join(models.MODELS)}")
+  parallel.check_batch_size("global_batch_size", config.global_batch_size)
+  parallel.check_batch_size("eval_batch_size", config.eval_batch_size)
+
+
+def train_duration(config, num_train_examples: int) -> tuple[int, float]:
+  """(total steps, steps per epoch) from num_train_steps or num_epochs."""
+  steps_per_epoch = num_train_examples / config.global_batch_size
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps), steps_per_epoch
+  return int(math.ceil(config.num_epochs * steps_per_epoch)), steps_per_epoch
+
+
+def make_init_fn(model, tx, config):
+  image_shape = (1, config.data.image_size, config.data.image_size, model.input_channels)
+
+  def init(rng):
+    variables = model.init({"params": rng}, jnp.zeros(image_shape, jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables["batch_stats"], opt_state=tx.init(params),
+                      ema_params=params if config.ema_decay > 0 else None)
+  return init
+
+
+def make_train_step(model, tx, schedule, config):
+  def train_step(state: TrainState, batch, rng):
+    step_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+      logits, updates = model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, batch["images"], train=True,
+          mutable=["batch_stats"], rngs={"dropout": step_rng})
+      loss = jnp.mean(evaluation.cross_entropy(logits, batch["labels"], config.label_smoothing))
+      return loss, (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if ema_params is not None:
+      decay = optim.ema_decay_at(state.step, config.ema_decay)
+      ema_params = optax.incremental_update(params, ema_params, step_size=1.0 - decay)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updated = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state,
+                            ema_params=ema_params)
+    # A non-finite step changes nothing but the counter: NaNs never reach the state, so
+    # no checkpoint can hold them; the host stops the run when it sees `finite == 0`.
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    metrics = {
+        "loss": loss,
+        "top1": jnp.mean(jnp.argmax(logits, -1) == batch["labels"]),
+        "grad_norm": grad_norm,
+        "learning_rate": schedule(state.step),
+        "finite": finite.astype(jnp.float32),
+    }
+    return new_state.replace(step=state.step + 1), metrics
+  return train_step
+
+
+def checkpoint_meta(config, model, state: TrainState, data_info) -> dict:
+  return {
+      "step": int(state.step),
+      "model": config.model,
+      "model_options": {**dict(config.model_options), "num_classes": model.num_classes},
+      "param_shapes": checkpointing.param_shapes(state.params),
+      "params_sha256": checkpointing.params_sha256(
+          checkpointing.evaluation_variables(jax.device_get(state.variables_item()))),
+      "has_ema": state.ema_params is not None,
+      "dataset": data_info.name,
+      "preprocessing": checkpointing.preprocessing_of(config.data),
+  }
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Train per `config` in `workdir` (resuming from its last checkpoint); final eval metrics."""
+  validate_config(config)
+  data_info = input_pipeline.prepare(config.data)
+  model = model_config.build_model(config, data_info.num_classes)
+  total_steps, steps_per_epoch = train_duration(config, data_info.num_train_examples)
+  schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
+  tx = optim.create_optimizer(config, schedule)
+
+  mesh = parallel.create_mesh()
+  replicated = parallel.replicated(mesh)
+  init = make_init_fn(model, tx, config)
+  rng = jax.random.key(config.seed)
+  abstract_state = jax.eval_shape(init, rng)
+
+  store = checkpointing.CheckpointStore(workdir, keep=config.keep_checkpoints,
+                                        async_save=config.async_checkpointing)
+  config_json = config.to_dict()
+  start_step = store.latest_step()
+  if start_step is not None:
+    checkpointing.check_same_model(store.restore_meta(start_step), config.model,
+                                   checkpointing.param_shapes(abstract_state.params), workdir)
+    state = restore_train_state(store, start_step, abstract_state, replicated)
+    log.info("Resumed from %s at step %d.", store.directory, start_step)
+  else:
+    start_step = 0
+    state = jax.jit(init, out_shardings=replicated)(rng)
+  if jax.process_index() == 0:
+    checkpointing.write_config_json(workdir, config_json)
+
+  train_step = jax.jit(
+      make_train_step(model, tx, schedule, config),
+      in_shardings=(replicated, parallel.batch_sharded(mesh), replicated),
+      out_shardings=(replicated, replicated), donate_argnums=(0,))
+  batches = input_pipeline.train_batches(
+      config.data, global_batch_size=config.global_batch_size, start_step=start_step,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  writer = progress.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  reporter = progress.StepReporter(total_steps, steps_per_epoch, config.global_batch_size,
+                                   start_step)
+  step_rng = jax.random.fold_in(rng, 1)
+  pending_metrics = []
+  eval_metrics: dict = {}
+
+  def evaluate_now():
+    return evaluation.evaluate(model, checkpointing.evaluation_variables(state.variables_item()),
+                               config.data, config.eval_batch_size, mesh)
+
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      state, metrics = train_step(state, parallel.global_batch(next(batches), mesh), step_rng)
+      pending_metrics.append(metrics)
+      is_last = step == total_steps
+      if step % config.log_every_steps == 0 or is_last:
+        summary = summarize(pending_metrics, step)
+        pending_metrics = []
+        writer.write(step, {f"train/{k}": v for k, v in summary.items()})
+        reporter.report(step, summary)
+      eval_metrics = {}
+      if step % config.eval_every_steps == 0 or is_last:
+        eval_metrics = evaluate_now()
+        writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+        reporter.report_eval(step, eval_metrics)
+      if step % config.checkpoint_every_steps == 0 or is_last or eval_metrics:
+        if pending_metrics:  # never save state from steps whose loss was not checked
+          summarize(pending_metrics, step)
+        store.save(step, variables=state.variables_item(), opt_state=state.opt_state,
+                   meta=checkpoint_meta(config, model, state, data_info),
+                   config_json=config_json,
+                   metrics={"top1": eval_metrics["top1"]} if eval_metrics else None)
+    final = eval_metrics or evaluate_now()
+  finally:
+    store.wait()
+    store.close()
+    writer.close()
+  return final
+
+
+def summarize(step_metrics: list[dict], step: int) -> dict:
+  """Mean of the steps' metrics; stops the run on a non-finite loss."""
+  host = jax.device_get(step_metrics)
+  finite = np.array([m["finite"] for m in host])
+  if not finite.all():
+    bad = step - len(host) + 1 + int(np.argmin(finite))
+    raise FloatingPointError(
+        f"non-finite loss or gradient at step {bad}: training stopped. The parameters "
+        f"of that step were not applied and no checkpoint after the last good one was "
+        f"written; lower config.learning_rate or set config.grad_clip_norm.")
+  return {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
+
+
+def restore_train_state(store, step: int, abstract_state: TrainState, sharding) -> TrainState:
+  on_devices = lambda tree: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+  variables, opt_state = store.restore(
+      step, abstract_variables=on_devices(abstract_state.variables_item()),
+      abstract_opt_state=on_devices(abstract_state.opt_state))
+  return TrainState(step=jnp.asarray(step, jnp.int32), params=variables["params"],
+                    batch_stats=variables["batch_stats"], opt_state=opt_state,
+                    ema_params=variables.get("ema_params"))

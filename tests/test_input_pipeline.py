@@ -1,0 +1,290 @@
+"""The input pipeline on real tfds data sets prepared into temporary directories."""
+
+import collections
+import hashlib
+import logging
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn import datasets as sklearn_datasets
+
+from mobileshuffle_jax import input_pipeline
+from mobileshuffle_jax.datasets import digits
+
+NUM_DIGITS = 1797
+
+
+def digits_config(data_dir, **overrides):
+  config = input_pipeline.default_data_config()
+  config.name = "digits"
+  config.data_dir = str(data_dir)
+  config.image_size = 32
+  config.normalization = "zero_one"
+  config.shuffle_buffer = 512
+  config.update(overrides)
+  return config
+
+
+def unaugmented(config):
+  """Training images then equal evaluation images (whole image, no flip, same size)."""
+  config.train_crop_area_range = (1.0, 1.0)
+  config.train_crop_aspect_range = (1.0, 1.0)
+  config.train_flip = False
+  config.eval_crop_ratio = 1.0
+  return config
+
+
+def fingerprint(image):
+  return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def take(batches, count):
+  return [next(batches) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("tfds")
+  input_pipeline.prepare(digits_config(path))
+  return path
+
+
+def test_digits_prepares_a_stratified_80_20_split(data_dir):
+  info = input_pipeline.prepare(digits_config(data_dir))
+  assert (info.num_train_examples, info.num_eval_examples) == (1437, 360)
+  assert info.num_train_examples + info.num_eval_examples == NUM_DIGITS
+  assert info.num_classes == 10 and info.class_names == tuple("0123456789")
+  eval_labels = np.concatenate([
+      batch["labels"][batch["mask"] == 1]
+      for batch in input_pipeline.eval_batches(digits_config(data_dir), global_batch_size=100)])
+  per_class = np.bincount(eval_labels, minlength=10)
+  totals = np.bincount(sklearn_datasets.load_digits().target, minlength=10)
+  assert np.all(np.abs(per_class - digits.VALIDATION_FRACTION * totals) <= 1)
+
+
+@pytest.mark.parametrize("normalization", sorted(input_pipeline.NORMALIZATIONS))
+def test_batch_shapes_dtypes_and_value_ranges(data_dir, normalization):
+  config = digits_config(data_dir, normalization=normalization, image_size=24)
+  mean, std = (np.asarray(v, np.float32) for v in input_pipeline.NORMALIZATIONS[normalization])
+  low, high = (0 - mean) / std, (255 - mean) / std
+  train = next(input_pipeline.train_batches(config, global_batch_size=16))
+  evaluation = next(input_pipeline.eval_batches(config, global_batch_size=16))
+  for batch in (train, evaluation):
+    assert batch["images"].shape == (16, 24, 24, 3) and batch["images"].dtype == np.float32
+    assert batch["labels"].shape == (16,) and batch["labels"].dtype == np.int32
+    assert np.all((0 <= batch["labels"]) & (batch["labels"] < 10))
+    assert np.all(batch["images"] >= low - 1e-4) and np.all(batch["images"] <= high + 1e-4)
+    assert np.ptp(batch["images"]) > 0.5 * np.min(high - low)  # dark strokes on light
+  assert evaluation["mask"].dtype == np.float32 and np.all(evaluation["mask"] == 1)
+
+
+def test_normalize_matches_on_numpy_and_jax():
+  pixels = np.arange(0, 256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+  np.testing.assert_allclose(input_pipeline.normalize(pixels, "minus_one_one")[0, 0, 0], -1.0)
+  np.testing.assert_allclose(input_pipeline.normalize(pixels, "zero_one").max(), 1.0)
+  imagenet = input_pipeline.normalize(pixels, "imagenet")
+  assert imagenet.dtype == np.float32
+  np.testing.assert_allclose(input_pipeline.normalize(jnp.asarray(pixels), "imagenet"),
+                             imagenet, rtol=1e-6)
+  np.testing.assert_allclose(imagenet[0, 0, 0], [-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225],
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match="normalization"):
+    input_pipeline.normalize(pixels, "bogus")
+
+
+def test_batches_are_a_function_of_seed_and_step_and_resume_exactly(data_dir):
+  # 300 examples in batches of 32: the first epoch ends inside step 9.
+  config = digits_config(data_dir, train_split="train[:300]", train_crop_area_range=(0.3, 1.0),
+                         train_flip=True)
+  straight = take(input_pipeline.train_batches(config, global_batch_size=32), 12)
+  again = take(input_pipeline.train_batches(config, global_batch_size=32), 12)
+  for start in (8, 10):
+    resumed = take(input_pipeline.train_batches(config, global_batch_size=32,
+                                                start_step=start), 12 - start)
+    for expected, batch in zip(straight[start:], resumed):
+      np.testing.assert_array_equal(batch["images"], expected["images"])
+      np.testing.assert_array_equal(batch["labels"], expected["labels"])
+  for expected, batch in zip(straight, again):
+    np.testing.assert_array_equal(batch["images"], expected["images"])
+  config.seed = 1
+  other_seed = next(input_pipeline.train_batches(config, global_batch_size=32))
+  assert not np.array_equal(other_seed["labels"], straight[0]["labels"])
+  # Each epoch is a new order: positions 20..83 of the second epoch differ from the first's.
+  labels = np.concatenate([batch["labels"] for batch in straight])
+  assert not np.array_equal(labels[20:84], labels[320:384])
+
+
+def test_cache_does_not_change_the_batches(data_dir):
+  cached, uncached = (
+      take(input_pipeline.train_batches(digits_config(data_dir, train_split="train[:200]",
+                                                      cache=cache), global_batch_size=50), 5)
+      for cache in (True, False))
+  for a, b in zip(cached, uncached):
+    np.testing.assert_array_equal(a["images"], b["images"])
+
+
+def test_two_hosts_read_disjoint_halves_of_the_train_split(data_dir):
+  config = unaugmented(digits_config(data_dir, train_split="train[:301]"))
+  everything = collections.Counter(
+      fingerprint(image)
+      for batch in input_pipeline.eval_batches(unaugmented(digits_config(
+          data_dir, eval_split="train[:301]")), global_batch_size=301)
+      for image in batch["images"])
+  assert sum(everything.values()) == 301
+  seen = []
+  for process_index, host_examples in ((0, 151), (1, 150)):
+    batches = input_pipeline.train_batches(config, global_batch_size=2,
+                                           process_index=process_index, process_count=2)
+    seen.append(collections.Counter(
+        fingerprint(batch["images"][0]) for batch in take(batches, host_examples)))
+    assert sum(seen[-1].values()) == host_examples
+  assert not set(seen[0]) & set(seen[1])
+  assert seen[0] + seen[1] == everything
+
+
+@pytest.mark.parametrize("eval_split,global_batch_size,process_count", [
+    ("validation", 14, 1), ("validation", 14, 2), ("validation[:359]", 8, 2),
+    ("validation[:359]", 7, 1), ("validation[:1]", 4, 2)])
+def test_eval_counts_every_example_exactly_once(data_dir, eval_split, global_batch_size,
+                                                 process_count):
+  config = digits_config(data_dir, eval_split=eval_split)
+  num_examples = input_pipeline.prepare(config).num_eval_examples
+  expected_batches = input_pipeline.num_eval_batches(config, global_batch_size)
+  assert expected_batches == -(-num_examples // global_batch_size)
+  reference = collections.Counter(
+      (fingerprint(image), int(label))
+      for batch in input_pipeline.eval_batches(config, global_batch_size=1000)
+      for image, label, mask in zip(batch["images"], batch["labels"], batch["mask"]) if mask)
+  assert sum(reference.values()) == num_examples
+  seen = collections.Counter()
+  for process_index in range(process_count):
+    batches = list(input_pipeline.eval_batches(
+        config, global_batch_size=global_batch_size, process_index=process_index,
+        process_count=process_count))
+    assert len(batches) == expected_batches
+    for batch in batches:
+      assert batch["images"].shape[0] == global_batch_size // process_count
+      seen.update((fingerprint(image), int(label))
+                  for image, label, mask in zip(batch["images"], batch["labels"], batch["mask"])
+                  if mask)
+  assert seen == reference
+
+
+def test_batch_size_must_split_evenly_over_hosts(data_dir):
+  with pytest.raises(ValueError, match="multiple of process_count"):
+    input_pipeline.train_batches(digits_config(data_dir), global_batch_size=10, process_count=4)
+  with pytest.raises(ValueError, match="multiple of process_count"):
+    input_pipeline.eval_batches(digits_config(data_dir), global_batch_size=9, process_count=2)
+
+
+# Solid colours identify each file after any crop; the CMYK one checks the conversion.
+FOLDER_FILES = {
+    "train/cat/wide.JPEG": ("RGB", (200, 40, 40), (97, 31)),
+    "train/cat/gray.JPEG": ("L", 90, (33, 50)),
+    "train/cat/png_named.JPEG": ("RGB", (40, 200, 40), (40, 64)),
+    "train/dog/cmyk.JPEG": ("CMYK", (40, 40, 200), (51, 77)),
+    "train/dog/tall.jpg": ("RGB", (220, 220, 30), (23, 90)),
+    "validation/cat/a.JPEG": ("RGB", (30, 220, 220), (64, 48)),
+    "validation/dog/b.JPEG": ("CMYK", (220, 30, 220), (45, 45)),
+}
+CORRUPT_FILES = ("train/cat/not_an_image.JPEG", "train/dog/truncated.JPEG")
+
+
+def write_image_folder(root):
+  for relative_path, (mode, colour, size) in FOLDER_FILES.items():
+    path = root / relative_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = Image.new("RGB", size, colour if mode != "L" else (colour,) * 3)
+    image = rgb.convert("CMYK") if mode == "CMYK" else rgb.convert(mode)
+    image.save(path, "PNG" if "png" in relative_path else "JPEG", quality=95)
+  (root / CORRUPT_FILES[0]).write_bytes(b"this is not an image")
+  whole = (root / "train/cat/wide.JPEG").read_bytes()
+  (root / CORRUPT_FILES[1]).write_bytes(whole[:len(whole) // 2])
+
+
+def folder_config(root, data_dir, **overrides):
+  config = input_pipeline.default_data_config()
+  config.update(name="image_folder", image_folder=str(root), data_dir=str(data_dir),
+                image_size=24, normalization="none", eval_crop_ratio=0.875, **overrides)
+  return config
+
+
+def test_image_folder_reencodes_odd_files_and_skips_corrupt_ones(tmp_path, caplog):
+  write_image_folder(tmp_path / "images")
+  config = folder_config(tmp_path / "images", tmp_path / "tfds")
+  with caplog.at_level(logging.WARNING):
+    info = input_pipeline.prepare(config)
+  assert info.class_names == ("cat", "dog") and info.num_classes == 2
+  assert (info.num_train_examples, info.num_eval_examples) == (5, 2)
+  assert sorted(info.skipped_files) == sorted(CORRUPT_FILES)
+  for corrupt in CORRUPT_FILES:
+    assert any(corrupt.split("/")[-1] in message for message in caplog.messages)
+  assert any("Skipped 2 unreadable" in message for message in caplog.messages)
+  # A second run reuses the prepared copy and still reports what was skipped.
+  assert input_pipeline.prepare(config) == info
+
+  evaluation = list(input_pipeline.eval_batches(config, global_batch_size=4))
+  assert len(evaluation) == 1 and evaluation[0]["mask"].tolist() == [1, 1, 0, 0]
+  colours = {int(label): image.reshape(-1, 3).mean(0)
+             for image, label in zip(evaluation[0]["images"][:2], evaluation[0]["labels"][:2])}
+  np.testing.assert_allclose(colours[0], FOLDER_FILES["validation/cat/a.JPEG"][1], atol=6)
+  np.testing.assert_allclose(colours[1], FOLDER_FILES["validation/dog/b.JPEG"][1], atol=6)
+
+  # One batch of 5 is one epoch: each training file exactly once, with its own label.
+  train = take(input_pipeline.train_batches(config, global_batch_size=5), 2)
+  expected = {path: (np.broadcast_to(colour, 3), int(path.split("/")[1] == "dog"))
+              for path, (_, colour, _) in FOLDER_FILES.items() if path.startswith("train")}
+  matched = []
+  for image, label in zip(train[0]["images"], train[0]["labels"]):
+    path = min(expected, key=lambda p: np.abs(image.reshape(-1, 3).mean(0) - expected[p][0]).max())
+    np.testing.assert_allclose(image.reshape(-1, 3).mean(0), expected[path][0], atol=6)
+    assert label == expected[path][1]
+    matched.append(path)
+  assert sorted(matched) == sorted(expected)
+  assert train[1]["images"].shape == (5, 24, 24, 3)
+
+
+def test_each_image_folder_root_gets_its_own_prepared_copy(tmp_path):
+  for name in ("one", "two"):
+    write_image_folder(tmp_path / name / "images")
+    input_pipeline.prepare(folder_config(tmp_path / name / "images", tmp_path / "tfds"))
+  assert len(list((tmp_path / "tfds" / "image_folder").iterdir())) == 2
+
+
+def test_missing_image_folder_explains_the_layout(tmp_path):
+  with pytest.raises(input_pipeline.DataError, match="train/CLASS"):
+    input_pipeline.prepare(folder_config(tmp_path / "absent", tmp_path / "tfds"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(input_pipeline.DataError, match="no train/ directory"):
+    input_pipeline.prepare(folder_config(tmp_path / "empty", tmp_path / "tfds"))
+
+
+def test_imagenet_without_its_tars_says_what_to_download(tmp_path):
+  config = input_pipeline.default_data_config()
+  config.data_dir = str(tmp_path / "tfds")
+  with pytest.raises(input_pipeline.DataError) as unset:
+    input_pipeline.prepare(config)
+  message = str(unset.value)
+  assert "manual_dir is unset" in message and "image-net.org" in message
+  assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
+  assert "tfds build imagenet2012 --manual_dir=" in message
+  config.manual_dir = str(tmp_path / "tars")
+  (tmp_path / "tars").mkdir()
+  (tmp_path / "tars" / "ILSVRC2012_img_val.tar").touch()
+  with pytest.raises(input_pipeline.DataError, match="lacks ILSVRC2012_img_train.tar"):
+    input_pipeline.prepare(config)
+
+
+def test_unknown_or_unprepared_datasets_are_clear_errors(tmp_path):
+  config = digits_config(tmp_path / "tfds", name="digitz")
+  with pytest.raises(input_pipeline.DataError, match="unknown dataset.*'digits'"):
+    input_pipeline.prepare(config)
+  with pytest.raises(input_pipeline.DataError, match="call .*prepare"):
+    input_pipeline.train_batches(digits_config(tmp_path / "tfds"), global_batch_size=8)
+
+
+def test_measure_train_throughput(data_dir):
+  result = input_pipeline.measure_train_throughput(digits_config(data_dir), 64, 3)
+  assert result.images_per_second > 0 and result.images_per_cpu_second > 0

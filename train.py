@@ -1,0 +1,27 @@
+r"""Train a model from a config, resuming from the workdir's last checkpoint.
+
+  python train.py --config configs/default.py --workdir workdirs/default
+  python train.py --config configs/mobilenet_v1.py:alpha=0.5,resolution=160 \
+      --workdir gs://bucket/mnv1 --config.global_batch_size=2048
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from mobileshuffle_jax import runtime
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  runtime.initialize()
+  from mobileshuffle_jax import training  # after the runtime is up
+  training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
