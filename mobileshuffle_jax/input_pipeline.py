@@ -119,6 +119,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   data.shuffle_buffer = 16_384  # records (still encoded) shuffled at a time
   data.cache = False  # keep the encoded training records in memory (small data sets)
   data.seed = 0  # example order and augmentation
+  # The training split is read as this many fixed shards, each host reading a contiguous
+  # block of them (0: one per host). The global batch of a step is the same for any host
+  # count that divides input_shards, so a run can move between 1 and N hosts unchanged.
+  data.input_shards = 0
   return data
 
 
@@ -164,20 +168,45 @@ def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: 
   """This host's training batches from `start_step` on, forever.
 
   Yields {'images': float32 [global_batch_size // process_count, H, W, 3],
-  'labels': int32 [global_batch_size // process_count]}.
+  'labels': int32 [global_batch_size // process_count]}: the rows of the global batch
+  that this host's devices hold, which are the sub-batches of its input shards.
   """
   _check_config(data_config)
   host_batch_size = _host_batch_size(global_batch_size, process_index, process_count)
   if start_step < 0:
     raise ValueError(f"start_step={start_step} must be >= 0")
+  shard_count = data_config.get("input_shards", 0) or process_count
+  if shard_count % process_count or global_batch_size % shard_count:
+    raise ValueError(f"data.input_shards={shard_count} must be a multiple of the "
+                     f"process count {process_count} and divide the global batch "
+                     f"{global_batch_size}")
+  shards_per_host = shard_count // process_count
   builder = _prepared_builder(data_config)
+  shard_batches = [
+      _shard_batches(data_config, builder, shard_index, shard_count,
+                     global_batch_size // shard_count, start_step)
+      for shard_index in range(process_index * shards_per_host,
+                               (process_index + 1) * shards_per_host)]
+  batches = shard_batches[0]
+  if shards_per_host > 1:
+    batches = tf.data.Dataset.zip(tuple(shard_batches)).map(
+        lambda *parts: {key: tf.concat([part[key] for part in parts], axis=0)
+                        for key in parts[0]})
+  batches = batches.prefetch(tf.data.AUTOTUNE)
+  return batches.with_options(_deterministic_options()).as_numpy_iterator()
+
+
+def _shard_batches(data_config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
+                   shard_index: int, shard_count: int, batch_size: int,
+                   start_step: int) -> tf.data.Dataset:
+  """Batches of one input shard from `start_step` on: a function of (seed, step) alone."""
   image_key, label_key = _feature_keys(builder)
-  host_split = tfds.even_splits(data_config.train_split, n=process_count)[process_index]
-  host_examples = _num_examples(builder, host_split)
-  if host_examples == 0:
+  shard_split = tfds.even_splits(data_config.train_split, n=shard_count)[shard_index]
+  shard_examples = _num_examples(builder, shard_split)
+  if shard_examples == 0:
     raise DataError(f"{data_config.name!r} split {data_config.train_split!r} leaves no "
-                    f"training examples to host {process_index} of {process_count}")
-  records = _encoded_records(builder, host_split, image_key, label_key)
+                    f"training examples to input shard {shard_index} of {shard_count}")
+  records = _encoded_records(builder, shard_split, image_key, label_key)
   if data_config.cache:
     records = records.cache()
   seed = int(data_config.seed)
@@ -192,22 +221,21 @@ def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: 
         maxval=2**31 - 1, dtype=tf.int64)
     return records.shuffle(data_config.shuffle_buffer, seed=epoch_seed)
 
-  first_position = start_step * host_batch_size  # this host's examples before start_step
-  start_epoch, offset_in_epoch = divmod(first_position, host_examples)
+  first_position = start_step * batch_size  # this shard's examples before start_step
+  start_epoch, offset_in_epoch = divmod(first_position, shard_examples)
   examples = tf.data.Dataset.counter(start_epoch).flat_map(epoch_records)
   # Skipped records are never decoded: resuming costs a read of part of one epoch.
   examples = examples.skip(offset_in_epoch).enumerate(start=first_position)
 
   def preprocess(position, record):
     image_bytes, label = record
-    # Unique over hosts, so no two examples anywhere share their augmentation.
+    # Unique over shards, so no two examples anywhere share their augmentation.
     example_seed = tf.stack([tf.constant(seed, tf.int64),
-                             position * process_count + process_index])
+                             position * shard_count + shard_index])
     return {"images": _train_image(image_bytes, example_seed, data_config), "labels": label}
 
   batches = examples.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  batches = batches.batch(host_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return batches.with_options(_deterministic_options()).as_numpy_iterator()
+  return batches.batch(batch_size, drop_remainder=True)
 
 
 def num_eval_batches(info_or_config: DatasetInfo | ml_collections.ConfigDict,

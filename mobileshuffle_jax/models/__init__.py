@@ -32,10 +32,11 @@ def build(name: str, lowering: str = "auto", **options) -> nn.Module:
     raise ValueError(f"model={name!r} is not supported; allowed values: "
                      f"{', '.join(repr(m) for m in MODELS)}")
   cls = MODELS[name]
-  unknown = sorted(set(options) - {f for f in cls.__dataclass_fields__
-                                   if f not in ("parent", "name")})
+  allowed = sorted(f for f in cls.__dataclass_fields__ if f not in ("parent", "name"))
+  unknown = sorted(set(options) - set(allowed))
   if unknown:
-    raise ValueError(f"{name} has no option {', '.join(map(repr, unknown))}")
+    raise ValueError(f"{name} has no option {', '.join(map(repr, unknown))}; allowed "
+                     f"options: {', '.join(allowed)}")
   if "conv_lowering" not in options:
     options["conv_lowering"] = conv_lowerings.conv_lowering(lowering)
   return cls(**options)
