@@ -63,6 +63,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.label_smoothing = 0.0
   config.ema_decay = 0.0  # 0: off; else weight EMA evaluated instead of the raw weights
   config.compute_dtype = "float32"  # 'bfloat16': bf16 compute, float32 params and BN stats
+  # BatchNorm training statistics: 0 per device (no communication in the forward pass),
+  # -1 over the whole global batch (two all-reduces per BN layer), k > 0 groups of k.
+  config.bn_group_size = 0
+  # Fine-tuning: start from the latest checkpoint of this workdir or converted directory.
+  config.init_from = ml_collections.config_dict.placeholder(str)
+  config.init_from_drop_classifier = False  # keep a fresh classifier (new class count)
 
   config.log_every_steps = 100
   config.eval_every_steps = 400  # also ranks checkpoints by top-1

@@ -103,6 +103,11 @@ class CheckpointStore:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored["variables"], restored.get("opt_state") if abstract_opt_state else None
 
+  def restore_as_saved(self, step: int) -> dict:
+    """The `variables` item at `step` as host arrays, with the structure it was saved with."""
+    return self.manager.restore(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore()))["variables"]
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
@@ -153,7 +158,7 @@ def write_converted(out_dir: str, converted) -> None:
   config_json = {"model": converted.model_name,
                  "model_options": dict(converted.model_options),
                  "lowering": "auto", "compute_dtype": "float32", "ema_decay": 0.0,
-                 "eval_batch_size": 250, "data": data.to_dict(),
+                 "eval_batch_size": 256, "data": data.to_dict(),
                  "imported_from": converted.source}
   variables = jax.tree.map(np.asarray, converted.variables)
   meta = {"step": 0, "model": converted.model_name,
@@ -165,6 +170,9 @@ def write_converted(out_dir: str, converted) -> None:
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".partial-", dir=parent)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would keep a shared checkpoint private
   try:
     store = CheckpointStore(staging, keep=1, async_save=False)
     store.save(0, variables=variables, opt_state=None, meta=meta, config_json=config_json)

@@ -1,6 +1,6 @@
 """Complexity accounting read off the built module: mult-adds and parameters per layer.
 
-Every `nn.Conv`, `nn.Dense` and `nn.BatchNorm` call is intercepted while the model is
+Every `nn.Conv`, `nn.Dense` and BatchNorm call is intercepted while the model is
 traced by `jax.eval_shape` (nothing is compiled or computed), and its mult-adds are
 derived from the shapes it actually saw:
 
@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from mobileshuffle_jax import models, paper
+from mobileshuffle_jax.models import norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,7 @@ def count(model: nn.Module, resolution: int | tuple[int, int]) -> Complexity:
     outputs = next_fun(*args, **kwargs)
     module = context.module
     if context.method_name != "__call__" or not isinstance(
-        module, (nn.Conv, nn.Dense, nn.BatchNorm)):
+        module, (nn.Conv, nn.Dense, norm.BatchNorm)):
       return outputs
     inputs = args[0]
     if isinstance(module, nn.Conv):

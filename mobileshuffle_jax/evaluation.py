@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 
 import jax
@@ -16,7 +17,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 import tqdm
-import logging
 
 from mobileshuffle_jax import checkpointing, input_pipeline, model_config, parallel
 
@@ -47,6 +47,9 @@ def _metric_sums(model, variables, batch):
 def evaluate(model, variables, data_config, eval_batch_size: int, mesh) -> dict:
   """Metrics of `variables` on the eval split; padded examples are masked out."""
   sums = None
+  # Any batch size works: it is rounded up to a multiple of the device count, and the
+  # padding is masked out like that of the last batch.
+  eval_batch_size = -(-eval_batch_size // jax.device_count()) * jax.device_count()
   batches = input_pipeline.eval_batches(
       data_config, global_batch_size=eval_batch_size, process_index=jax.process_index(),
       process_count=jax.process_count())

@@ -17,8 +17,8 @@ tars) and returns its `DatasetInfo`. Then:
 Training images are decoded only within a random crop (`sample_distorted_bounding_box` plus
 `decode_and_crop_jpeg`), flipped, resized bilinearly (as TF-slim, whose MobileNet recipe
 this follows) and normalised; evaluation images are centre-cropped to `eval_crop_ratio` of
-their shorter side, then resized. `normalize` and `NORMALIZATIONS` are plain numpy
-arithmetic so that a predictor can apply the same definitions to numpy or JAX arrays.
+their shorter side, then resized, and normalised by `preprocessing.normalize`, the same
+definition a predictor applies to numpy or JAX arrays.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import difflib
 import os
 import re
 import time
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator
 
 import ml_collections
 import numpy as np
@@ -37,6 +37,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from mobileshuffle_jax import datasets
+from mobileshuffle_jax.preprocessing import NORMALIZATIONS, normalize
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -51,21 +52,6 @@ def _hide_accelerators_from_tensorflow() -> None:
 
 _hide_accelerators_from_tensorflow()
 
-
-class Normalization(NamedTuple):
-  """Per-channel RGB statistics on the 0..255 scale: `(image - mean) / std`."""
-
-  mean: tuple[float, float, float]
-  std: tuple[float, float, float]
-
-
-NORMALIZATIONS = {
-    # torchvision's ImageNet statistics (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) x 255.
-    "imagenet": Normalization(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)),
-    "minus_one_one": Normalization(mean=(127.5,) * 3, std=(127.5,) * 3),  # TF-slim, Keras
-    "zero_one": Normalization(mean=(0.0,) * 3, std=(255.0,) * 3),
-    "none": Normalization(mean=(0.0,) * 3, std=(1.0,) * 3),  # raw 0..255 as float
-}
 
 # ImageNet distributes these only to registered users; tfds's builder reads them unextracted.
 IMAGENET_TARS = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}
@@ -124,17 +110,6 @@ def default_data_config() -> ml_collections.ConfigDict:
   # count that divides input_shards, so a run can move between 1 and N hosts unchanged.
   data.input_shards = 0
   return data
-
-
-def normalize(images, normalization: str):
-  """`images` (RGB values 0..255; numpy, JAX or float TF arrays, channels last) normalised.
-
-  Integer numpy or JAX images come back as float32.
-  """
-  if normalization not in NORMALIZATIONS:
-    raise ValueError(f"normalization={normalization!r} must be one of {sorted(NORMALIZATIONS)}")
-  mean, std = NORMALIZATIONS[normalization]
-  return (images - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
 def prepare(data_config: ml_collections.ConfigDict) -> DatasetInfo:

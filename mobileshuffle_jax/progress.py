@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
-
-import logging
 
 log = logging.getLogger("mobileshuffle_jax")
 
@@ -50,13 +49,16 @@ class StepReporter:
   """Console lines: step, epoch, loss, top-1, learning rate, images/s and ETA."""
 
   def __init__(self, total_steps: int, steps_per_epoch: float, global_batch_size: int,
-               start_step: int):
+               start_step: int, enabled: bool = True):
+    self.enabled = enabled
     self.total_steps = total_steps
     self.steps_per_epoch = steps_per_epoch
     self.global_batch_size = global_batch_size
     self._last_step, self._last_time = start_step, time.perf_counter()
 
   def report(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
     now = time.perf_counter()
     steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
     self._last_step, self._last_time = step, now
@@ -68,6 +70,8 @@ class StepReporter:
         format_duration(eta))
 
   def report_eval(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
     log.info("eval at step %d: top1 %.4f  top5 %.4f  loss %.4f  (%d examples)", step,
                  metrics["top1"], metrics["top5"], metrics["loss"], metrics["num_examples"])
     # Evaluation time is not training throughput.

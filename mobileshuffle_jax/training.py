@@ -6,20 +6,26 @@ donated. The same code runs on one CPU or on every device of every host.
 
 from __future__ import annotations
 
+import logging
 import math
-import time
+import signal
+import threading
 from typing import Any
 
 import flax.struct
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import logging
+from jax.experimental import multihost_utils
 
 from mobileshuffle_jax import (checkpointing, evaluation, input_pipeline, model_config, models,
                                optim, parallel, progress)
+
+log = logging.getLogger("mobileshuffle_jax")
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -35,8 +41,6 @@ class TrainState:
     if self.ema_params is not None:
       item["ema_params"] = self.ema_params
     return item
-
-log = logging.getLogger("mobileshuffle_jax")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -58,10 +62,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                 "keep_checkpoints"):
     require(config[field] > 0, field, "must be a positive integer")
+  require(config.bn_group_size >= -1, "bn_group_size",
+          "0 per device, -1 the whole global batch, or a positive group size")
   require(config.model in models.MODELS, "model",
           f"allowed values: {', '.join(models.MODELS)}")
   parallel.check_batch_size("global_batch_size", config.global_batch_size)
-  parallel.check_batch_size("eval_batch_size", config.eval_batch_size)
+  require(config.eval_batch_size > 0, "eval_batch_size", "must be > 0")
+
+
+def bn_group_size(config) -> int | None:
+  """Examples per BatchNorm statistics group in training (None: the whole global batch)."""
+  if config.bn_group_size == -1:
+    return None
+  if config.bn_group_size == 0:
+    return config.global_batch_size // jax.device_count()
+  if config.global_batch_size % (config.bn_group_size * jax.device_count()):
+    raise ValueError(f"config.bn_group_size={config.bn_group_size} must divide the per-device "
+                     f"batch {config.global_batch_size // jax.device_count()}")
+  return config.bn_group_size
 
 
 def train_duration(config, num_train_examples: int) -> tuple[int, float]:
@@ -121,6 +139,32 @@ def make_train_step(model, tx, schedule, config):
   return train_step
 
 
+def jit_train_step(model, tx, schedule, config, mesh):
+  """The train step over `mesh`: state replicated and donated, batch split on 'data'."""
+  replicated = parallel.replicated(mesh)
+  return jax.jit(make_train_step(model, tx, schedule, config),
+                 in_shardings=(replicated, parallel.batch_sharded(mesh), replicated),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+def lower_train_step(config, num_classes: int, mesh=None) -> jax.stages.Lowered:
+  """The train step of `config` lowered for one global batch (no data, nothing run).
+
+  For inspecting what a step computes and communicates (`parallel.collectives`).
+  """
+  mesh = mesh or parallel.create_mesh()
+  model = model_config.build_model(config, num_classes, bn_group_size=bn_group_size(config))
+  schedule = optim.learning_rate_schedule(config, steps_per_epoch=1.0, total_steps=100)
+  tx = optim.create_optimizer(config, schedule)
+  abstract_state = jax.eval_shape(make_init_fn(model, tx, config), jax.random.key(0))
+  size = config.data.image_size
+  batch = {"images": jax.ShapeDtypeStruct((config.global_batch_size, size, size,
+                                           model.input_channels), jnp.float32),
+           "labels": jax.ShapeDtypeStruct((config.global_batch_size,), jnp.int32)}
+  return jit_train_step(model, tx, schedule, config, mesh).lower(
+      abstract_state, batch, jax.random.key(0))
+
+
 def checkpoint_meta(config, model, state: TrainState, data_info) -> dict:
   return {
       "step": int(state.step),
@@ -139,7 +183,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train per `config` in `workdir` (resuming from its last checkpoint); final eval metrics."""
   validate_config(config)
   data_info = input_pipeline.prepare(config.data)
-  model = model_config.build_model(config, data_info.num_classes)
+  model = model_config.build_model(config, data_info.num_classes,
+                                   bn_group_size=bn_group_size(config))
   total_steps, steps_per_epoch = train_duration(config, data_info.num_train_examples)
   schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
   tx = optim.create_optimizer(config, schedule)
@@ -162,19 +207,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     start_step = 0
     state = jax.jit(init, out_shardings=replicated)(rng)
+    if config.init_from:
+      state = initialize_from(state, config.init_from, config.init_from_drop_classifier,
+                              replicated)
   if jax.process_index() == 0:
     checkpointing.write_config_json(workdir, config_json)
 
-  train_step = jax.jit(
-      make_train_step(model, tx, schedule, config),
-      in_shardings=(replicated, parallel.batch_sharded(mesh), replicated),
-      out_shardings=(replicated, replicated), donate_argnums=(0,))
+  train_step = jit_train_step(model, tx, schedule, config, mesh)
   batches = input_pipeline.train_batches(
       config.data, global_batch_size=config.global_batch_size, start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count())
-  writer = progress.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  is_chief = jax.process_index() == 0
+  writer = progress.MetricWriter(workdir, enabled=is_chief)
   reporter = progress.StepReporter(total_steps, steps_per_epoch, config.global_batch_size,
-                                   start_step)
+                                   start_step, enabled=is_chief)
+  preemption = PreemptionWatch()
   step_rng = jax.random.fold_in(rng, 1)
   pending_metrics = []
   eval_metrics: dict = {}
@@ -187,14 +234,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for step in range(start_step + 1, total_steps + 1):
       state, metrics = train_step(state, parallel.global_batch(next(batches), mesh), step_rng)
       pending_metrics.append(metrics)
-      is_last = step == total_steps
+      preempted = preemption.reached(step)
+      is_last = step == total_steps or preempted
       if step % config.log_every_steps == 0 or is_last:
         summary = summarize(pending_metrics, step)
         pending_metrics = []
         writer.write(step, {f"train/{k}": v for k, v in summary.items()})
         reporter.report(step, summary)
       eval_metrics = {}
-      if step % config.eval_every_steps == 0 or is_last:
+      if step % config.eval_every_steps == 0 or (is_last and not preempted):
         eval_metrics = evaluate_now()
         writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
         reporter.report_eval(step, eval_metrics)
@@ -205,12 +253,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    meta=checkpoint_meta(config, model, state, data_info),
                    config_json=config_json,
                    metrics={"top1": eval_metrics["top1"]} if eval_metrics else None)
-    final = eval_metrics or evaluate_now()
+      if preempted:
+        log.info("Preempted: saved step %d to %s; rerun the same command to resume.", step,
+                 store.directory)
+        return {"preempted_at_step": step}
+    return eval_metrics or evaluate_now()
   finally:
+    preemption.close()
     store.wait()
     store.close()
     writer.close()
-  return final
 
 
 def summarize(step_metrics: list[dict], step: int) -> dict:
@@ -235,3 +287,71 @@ def restore_train_state(store, step: int, abstract_state: TrainState, sharding) 
   return TrainState(step=jnp.asarray(step, jnp.int32), params=variables["params"],
                     batch_stats=variables["batch_stats"], opt_state=opt_state,
                     ema_params=variables.get("ema_params"))
+
+
+class PreemptionWatch:
+  """Whether to stop at a step, saving a checkpoint, because the job is being preempted.
+
+  One process: a SIGTERM sets a flag and the run stops after the step in flight. Several
+  processes: JAX's preemption sync service (started by `jax.distributed.initialize`,
+  which also catches SIGTERM) makes every process stop at the same step.
+  """
+
+  def __init__(self):
+    self._multi_process = jax.process_count() > 1
+    self._signalled = False
+    self._previous_handler = None
+    if not self._multi_process and threading.current_thread() is threading.main_thread():
+      self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    self._signalled = True
+
+  def reached(self, step: int) -> bool:
+    if self._multi_process:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
+
+  def close(self) -> None:
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+      self._previous_handler = None
+
+
+def initialize_from(state: TrainState, directory: str, drop_classifier: bool,
+                    sharding) -> TrainState:
+  """`state` with the parameters and BN statistics of `directory`'s latest checkpoint.
+
+  Every tensor must match by name and shape, except the classifier when
+  `drop_classifier` (fine-tuning to a new number of classes keeps a fresh one).
+  """
+  source = checkpointing.CheckpointStore(directory, read_only=True)
+  try:
+    step = source.latest_step()
+    if step is None:
+      raise ValueError(f"config.init_from={directory!r} holds no checkpoint")
+    loaded = checkpointing.evaluation_variables(source.restore_as_saved(step))
+  finally:
+    source.close()
+  ours = {"params": state.params, "batch_stats": state.batch_stats}
+  loaded_flat = flax.traverse_util.flatten_dict(loaded, sep="/")
+  merged = {}
+  for path, fresh in flax.traverse_util.flatten_dict(ours, sep="/").items():
+    if drop_classifier and "/classifier/" in f"/{path}":
+      merged[path] = fresh
+    elif path not in loaded_flat:
+      raise ValueError(f"config.init_from={directory!r} has no tensor {path!r}")
+    elif tuple(loaded_flat[path].shape) != tuple(fresh.shape):
+      hint = (" (a new number of classes? set config.init_from_drop_classifier=True)"
+              if "classifier" in path else "")
+      raise ValueError(f"config.init_from={directory!r}: tensor {path!r} has shape "
+                       f"{tuple(loaded_flat[path].shape)}, the model needs "
+                       f"{tuple(fresh.shape)}{hint}")
+    else:
+      merged[path] = jax.device_put(np.asarray(loaded_flat[path], fresh.dtype), sharding)
+  merged = flax.traverse_util.unflatten_dict(merged, sep="/")
+  log.info("Initialized from %s (step %d)%s.", directory, step,
+           ", classifier dropped" if drop_classifier else "")
+  return state.replace(params=merged["params"], batch_stats=merged["batch_stats"],
+                       ema_params=None if state.ema_params is None else merged["params"])

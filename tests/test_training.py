@@ -158,3 +158,40 @@ def test_train_and_eval_scripts_on_an_image_folder(tmp_path):
   assert result["num_examples"] == 12  # 2 classes x (3 JPEGs + gray + CMYK + PNG)
   assert result["step"] == 4 and len(result["params_sha256"]) == 64
   assert set(result) >= {"top1", "top5", "loss", "num_examples", "step", "params_sha256"}
+
+
+def test_init_from_loads_every_tensor_and_can_drop_the_classifier(tmp_path, data_dir):
+  source = str(tmp_path / "source")
+  training.train_and_evaluate(tiny_config(data_dir, num_train_steps=3), source)
+  saved = checkpointing.CheckpointStore(source, read_only=True)
+  expected = checkpointing.evaluation_variables(saved.restore_as_saved(3))
+  saved.close()
+  config = tiny_config(data_dir)
+  mesh = training.parallel.create_mesh()
+  replicated = training.parallel.replicated(mesh)
+
+  def fresh_state(num_classes):
+    model = training.model_config.build_model(config, num_classes)
+    tx = training.optim.create_optimizer(config, training.optim.learning_rate_schedule(
+        config, 10.0, 100))
+    return jax.jit(training.make_init_fn(model, tx, config),
+                   out_shardings=replicated)(jax.random.key(1))
+
+  state = training.initialize_from(fresh_state(10), source, False, replicated)
+  jax.tree.map(np.testing.assert_array_equal,
+               {"params": state.params, "batch_stats": state.batch_stats}, expected)
+
+  with pytest.raises(ValueError, match=r"classifier/(kernel|bias).*init_from_drop_classifier"):
+    training.initialize_from(fresh_state(5), source, False, replicated)
+  fresh = fresh_state(5)
+  state = training.initialize_from(fresh, source, True, replicated)
+  np.testing.assert_array_equal(state.params["classifier"]["kernel"],
+                                fresh.params["classifier"]["kernel"])
+  np.testing.assert_array_equal(state.params["stem"]["conv"]["kernel"],
+                                expected["params"]["stem"]["conv"]["kernel"])
+
+  # And through the config: fine-tuning starts from the source, not from scratch.
+  finetuned = str(tmp_path / "finetuned")
+  result = training.train_and_evaluate(
+      tiny_config(data_dir, num_train_steps=2, init_from=source), finetuned)
+  assert result["num_examples"] == 360

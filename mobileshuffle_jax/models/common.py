@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mobileshuffle_jax import layers
+from mobileshuffle_jax.models import norm as norm_lib
 
 # A `lax.conv_general_dilated`-compatible function; None selects XLA's own convolution.
 ConvLowering = Callable[..., jnp.ndarray] | None
@@ -20,16 +21,19 @@ def check_positive(name: str, value: float) -> None:
 
 
 def conv_and_norm(*, train: bool, dtype: Any, bn_momentum: float, bn_epsilon: float,
-                  conv_lowering: ConvLowering):
+                  conv_lowering: ConvLowering, bn_group_size: int | None = None):
   """The conv and BatchNorm partials a model builds once (dtype and BN settings in one place).
 
   Parameters and BN statistics stay float32 whatever the compute `dtype`.
+  `bn_group_size` (None: the whole batch) is where training statistics come from (see
+  `norm.BatchNorm`).
   """
   conv = functools.partial(nn.Conv, dtype=dtype, param_dtype=jnp.float32,
                            kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
                            conv_general_dilated=conv_lowering)
-  norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=bn_momentum,
-                           epsilon=bn_epsilon, dtype=dtype, param_dtype=jnp.float32)
+  norm = functools.partial(norm_lib.BatchNorm, use_running_average=not train,
+                           momentum=bn_momentum, epsilon=bn_epsilon, group_size=bn_group_size,
+                           dtype=dtype, param_dtype=jnp.float32)
   return conv, norm
 
 

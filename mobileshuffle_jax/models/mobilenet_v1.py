@@ -53,6 +53,7 @@ class MobileNetV1(nn.Module):
   padding: str = "same"
   min_depth: int = 8
   input_channels: int = 3
+  bn_group_size: int | None = None  # training BN statistics: None whole batch, k per k examples
   dtype: Any = jnp.float32
   conv_lowering: common.ConvLowering = None
 
@@ -77,7 +78,8 @@ class MobileNetV1(nn.Module):
     conv, norm = common.conv_and_norm(train=train, dtype=self.dtype,
                                       bn_momentum=self.bn_momentum,
                                       bn_epsilon=self.bn_epsilon,
-                                      conv_lowering=self.conv_lowering)
+                                      conv_lowering=self.conv_lowering,
+                                      bn_group_size=self.bn_group_size)
     activation = layers.ACTIVATIONS[self.activation]
     conv_bn = functools.partial(layers.ConvBN, conv=conv, norm=norm, activation=activation,
                                 padding=self.padding)

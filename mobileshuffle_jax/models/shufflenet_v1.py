@@ -87,6 +87,7 @@ class ShuffleNetV1(nn.Module):
   bn_epsilon: float = 1e-5
   padding: str = "same"
   input_channels: int = 3
+  bn_group_size: int | None = None  # training BN statistics: None whole batch, k per k examples
   dtype: Any = jnp.float32
   conv_lowering: common.ConvLowering = None
 
@@ -134,7 +135,8 @@ class ShuffleNetV1(nn.Module):
     conv, norm = common.conv_and_norm(train=train, dtype=self.dtype,
                                       bn_momentum=self.bn_momentum,
                                       bn_epsilon=self.bn_epsilon,
-                                      conv_lowering=self.conv_lowering)
+                                      conv_lowering=self.conv_lowering,
+                                      bn_group_size=self.bn_group_size)
     x = images.astype(self.dtype)
     x = layers.ConvBN(self.stem_channels, 3, conv=conv, norm=norm, strides=2,
                       activation=nn.relu, padding=self.padding, name="stem")(x)

@@ -1,0 +1,224 @@
+r"""Portable files of one checkpoint, for sharing and serving.
+
+    python -m mobileshuffle_jax.export --workdir DIR --out FILE [--format safetensors|jax]
+                                       [--step N] [--batch B]
+
+`safetensors` (default): one file with every evaluation variable, named by its path
+('params/stem/conv/kernel', 'batch_stats/stem/bn/mean', ...), and in its string metadata
+`format`, `format_version`, `model`, `model_options` (JSON), `preprocessing` (JSON),
+`params_sha256`, `step` and the run's `config` (JSON). `mobileshuffle_jax.load(FILE)`
+reads it back bit for bit; any safetensors reader (PyTorch, numpy, ...) reads the tensors.
+
+`jax`: a serialized `jax.export` inference function, images -> logits, with the
+preprocessing inside and the parameters baked in as constants, lowered for CPU, CUDA and
+TPU. It needs only `jax` to run, not this package:
+
+    import jax, numpy as np
+    with open("mobilenet.jax", "rb") as f:
+      exported = jax.export.deserialize(bytearray(f.read()))
+    logits = exported.call(images.astype(np.float32))  # RGB 0..255, [b, 224, 224, 3]
+
+The batch dimension is symbolic (any batch) unless `--batch` fixes it. Beside FILE,
+`FILE.json` records the model, `params_sha256`, the input shape and the preprocessing a
+caller must still do (`eval_crop_ratio`: the centre crop resized to `image_size`). The
+function runs under the jax release that wrote it and under newer ones within jax.export's
+backward-compatibility window; each conv is computed the way `lowering.conv_lowering`
+('auto') prefers for the platform that runs it, decided there.
+
+Every file is written under a temporary name beside it and renamed at the end, so a
+failure leaves no partial file; an existing FILE (or FILE.json) is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from typing import Any, Iterator, Sequence
+
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from mobileshuffle_jax import lowering, predict
+
+FORMATS = ("safetensors", "jax")
+SAFETENSORS_FORMAT = "mobileshuffle_jax.safetensors"
+JAX_FORMAT = "mobileshuffle_jax.jax_export"
+FORMAT_VERSION = 1
+# Platforms a `--format jax` function is lowered for; it runs on any of them.
+JAX_PLATFORMS = ("cpu", "cuda", "tpu")
+# jax.export's platform names -> the backend names `lowering.conv_lowering` takes.
+BACKEND_OF_PLATFORM = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
+SIDECAR_SUFFIX = ".json"
+# Metadata entries of a safetensors file that hold JSON rather than a plain string.
+JSON_METADATA = ("model_options", "preprocessing", "config")
+# Metadata entries `read_safetensors` needs, besides format and format_version.
+RECORD_METADATA = ("model", "params_sha256", "step", *JSON_METADATA)
+
+
+def output_paths(out: str, file_format: str) -> list[str]:
+  """The files an export to `out` writes."""
+  return [out, out + SIDECAR_SUFFIX] if file_format == "jax" else [out]
+
+
+def export_checkpoint(workdir: str, out: str, *, file_format: str = "safetensors",
+                      step: int | None = None,
+                      batch: int | None = None) -> predict.Predictor:
+  """Export `step` (default: the latest) of `workdir` to `out` (see `output_paths`); the
+  predictor exported.
+
+  `workdir`: anything `mobileshuffle_jax.load` reads. `batch` fixes the batch dimension of
+  a `jax` export. Every refusal is a ValueError raised before anything is written.
+  """
+  if file_format not in FORMATS:
+    raise ValueError(f"format={file_format!r} is not supported; allowed values: "
+                     f"{', '.join(repr(f) for f in FORMATS)}")
+  if batch is not None and file_format != "jax":
+    raise ValueError("--batch fixes the batch size of a --format jax export only")
+  if batch is not None and batch <= 0:
+    raise ValueError(f"--batch={batch} must be positive")
+  existing = [path for path in output_paths(out, file_format) if os.path.lexists(path)]
+  if existing:
+    raise ValueError(f"{existing[0]} exists; choose a new --out (nothing was written)")
+  directory = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(directory):
+    raise ValueError(f"the directory of --out, {directory}, does not exist")
+  predictor = predict.load(workdir, step=step)
+  if file_format == "safetensors":
+    write_safetensors(predictor, out)
+  else:
+    write_jax(predictor, out, batch=batch)
+  return predictor
+
+
+@contextlib.contextmanager
+def staged(path: str) -> Iterator[str]:
+  """A temporary path beside `path`, renamed to `path` when the block succeeds and removed
+  when it fails: readers never see a partial file."""
+  # Created by the writer, so with the umask's permissions (mkstemp's would be 0600).
+  staging = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+  try:
+    yield staging
+    os.replace(staging, path)
+  except BaseException:
+    if os.path.exists(staging):
+      os.unlink(staging)
+    raise
+
+
+def model_record(predictor: predict.Predictor) -> dict[str, Any]:
+  """What identifies the exported model and says how to feed it."""
+  return {"model": predictor.config.model,
+          "model_options": {**predictor.config.model_options.to_dict(),
+                            "num_classes": predictor.num_classes},
+          "preprocessing": predictor.preprocessing,
+          "params_sha256": predictor.params_sha256, "step": predictor.step}
+
+
+# safetensors ------------------------------------------------------------------------------
+
+def write_safetensors(predictor: predict.Predictor, path: str) -> None:
+  """Every variable of `predictor`, flattened by path, with the metadata to rebuild it."""
+  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+
+  tensors = {name: np.ascontiguousarray(value) for name, value in
+             flax.traverse_util.flatten_dict(jax.device_get(predictor.variables),
+                                             sep="/").items()}
+  record = dict(model_record(predictor), config=predictor.config.to_dict())
+  metadata = {"format": SAFETENSORS_FORMAT, "format_version": str(FORMAT_VERSION)}
+  for key, value in record.items():
+    metadata[key] = json.dumps(value, sort_keys=True) if key in JSON_METADATA else str(value)
+  # Written by us rather than `save_file`, whose files are private (0600) whatever the umask.
+  with staged(path) as staging, open(staging, "wb") as f:
+    f.write(safetensors_numpy.save(tensors, metadata=metadata))
+
+
+def read_safetensors(path: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+  """(variables, checkpoint-style metadata, config JSON) of a file `write_safetensors` wrote.
+
+  The metadata has the keys of a checkpoint's `meta` item that `predict.load` reads:
+  model, model_options, preprocessing, params_sha256, step.
+  """
+  import safetensors  # pylint: disable=g-import-not-at-top
+
+  try:
+    with safetensors.safe_open(path, framework="numpy") as reader:
+      metadata = reader.metadata() or {}
+      flat = {name: reader.get_tensor(name) for name in reader.keys()}
+  except safetensors.SafetensorError as error:
+    raise ValueError(
+        f"{path} is not a safetensors file ({error}). A --format jax export is run with "
+        "jax.export.deserialize (see mobileshuffle_jax.export), not loaded") from error
+  if metadata.get("format") != SAFETENSORS_FORMAT:
+    raise ValueError(f"{path} is a safetensors file, but not one written by "
+                     f"mobileshuffle_jax.export: its metadata has no format="
+                     f"{SAFETENSORS_FORMAT!r}")
+  if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
+    raise ValueError(f"{path} has format_version {metadata['format_version']}; this version "
+                     f"of mobileshuffle_jax reads up to {FORMAT_VERSION}: upgrade it")
+  missing = [key for key in RECORD_METADATA if key not in metadata]
+  if missing:
+    raise ValueError(f"{path}: metadata {', '.join(missing)} missing")
+  variables = flax.traverse_util.unflatten_dict(flat, sep="/")
+  if set(variables) != {"params", "batch_stats"}:
+    raise ValueError(f"{path} holds the collections {sorted(variables)}; expected "
+                     "'batch_stats' and 'params'")
+  meta = {key: json.loads(metadata[key]) if key in JSON_METADATA else metadata[key]
+          for key in RECORD_METADATA}
+  config_json = meta.pop("config")
+  meta["step"] = int(meta["step"])
+  return variables, meta, config_json
+
+
+# jax.export -------------------------------------------------------------------------------
+
+def conv_decided_by_platform(lhs, rhs, *args, **kwargs):
+  """The models' conv (`conv_lowering` field) with the 'auto' choice made by the platform
+  that runs the exported function rather than by the one that exports it."""
+  def branch(backend: str):
+    conv = lowering.conv_lowering("auto", backend) or lax.conv_general_dilated
+    return lambda lhs, rhs: conv(lhs, rhs, *args, **kwargs)
+
+  return lax.platform_dependent(
+      lhs, rhs, **{platform: branch(backend)
+                   for platform, backend in BACKEND_OF_PLATFORM.items()})
+
+
+def inference_function(predictor: predict.Predictor, *, batch: int | None = None,
+                       platforms: Sequence[str] = JAX_PLATFORMS) -> jax.export.Exported:
+  """`predictor.predict` as a `jax.export.Exported`: float32 RGB 0..255 images [batch (or
+  symbolic), size, size, 3] -> float32 logits, its variables constants."""
+  model = predictor.model.clone(conv_lowering=conv_decided_by_platform)
+  variables = jax.device_get(predictor.variables)
+  normalization = predictor.preprocessing["normalization"]
+  size = predictor.image_size
+  shape = jax.export.symbolic_shape(
+      f"{'b' if batch is None else batch}, {size}, {size}, {model.input_channels}")
+  logits = jax.jit(lambda images: predict.preprocess_and_apply(
+      model, variables, images, normalization))
+  return jax.export.export(logits, platforms=platforms)(
+      jax.ShapeDtypeStruct(shape, jnp.float32))
+
+
+def write_jax(predictor: predict.Predictor, path: str, *, batch: int | None = None,
+              platforms: Sequence[str] = JAX_PLATFORMS) -> None:
+  """`inference_function` serialized to `path`, described by `path + '.json'`."""
+  exported = inference_function(predictor, batch=batch, platforms=platforms)
+  size = predictor.image_size
+  sidecar = dict(
+      format=JAX_FORMAT, format_version=FORMAT_VERSION, **model_record(predictor),
+      input={"shape": [batch, size, size, predictor.model.input_channels],
+             "dtype": "float32", "values": "RGB 0..255", "batch": "any" if batch is None
+             else "fixed"},
+      output={"shape": [batch, predictor.num_classes], "dtype": "float32", "values": "logits"},
+      platforms=list(exported.platforms), jax_version=jax.__version__,
+      run="jax.export.deserialize(bytearray(open(FILE, 'rb').read())).call(images)")
+  with staged(path) as blob_staging, staged(path + SIDECAR_SUFFIX) as sidecar_staging:
+    with open(sidecar_staging, "w") as f:
+      json.dump(sidecar, f, indent=2, sort_keys=True)
+    with open(blob_staging, "wb") as f:
+      f.write(exported.serialize())
