@@ -1,5 +1,7 @@
 # make train: fresh venv, install, train configs/default.py (no download), evaluate it.
 # make test:  fresh venv with test extras, run the suite.
+# make ablation-demo: the papers' ablations in miniature on digits (CPU, < 30 min): the
+#   demo sweeps of configs/sweeps/, then their report (tables and plots).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,8 +9,11 @@ WORKDIR ?= workdirs/default
 CONFIG ?= configs/default.py
 # Eight simulated CPU devices so that sharded code paths run in tests.
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 TF_CPP_MIN_LOG_LEVEL=2
+DEMO_ROOT ?= workdirs/ablation-demo
+DEMO_SWEEPS := demo_mobilenet_width_resolution demo_shufflenet_groups_shuffle \
+	demo_shufflenet_vs_mobilenet
 
-.PHONY: install install-test train eval test clean
+.PHONY: install install-test train eval test ablation-demo clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +38,14 @@ eval: install
 
 test: install-test
 	$(TEST_ENV) $(PY) -m pytest -n 2 -q tests
+
+# Finished cells are skipped and interrupted ones resume: rerunning continues the demo.
+ablation-demo: install
+	for sweep in $(DEMO_SWEEPS); do \
+	  TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m mobileshuffle_jax.sweep configs/sweeps/$$sweep.py \
+	      --workdir $(DEMO_ROOT)/$$sweep || exit 1; \
+	done
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m mobileshuffle_jax.report $(DEMO_ROOT) --out $(DEMO_ROOT)/report
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -23,7 +23,8 @@ def get_config(arg: str | None = None):
   args = common.parse_arguments(arg, {"alpha": 1.0, "resolution": 224})
   config = default.get_config()
   config.model = "mobilenet_v1"
-  config.model_options = dict(alpha=args["alpha"], activation="relu6", dropout_rate=1e-3,
+  config.model_options = dict(alpha=args["alpha"], variant="separable", activation="relu6",
+                              dropout_rate=1e-3,
                               bn_momentum=0.9997, bn_epsilon=1e-3, padding="same")
   config.data.name = "imagenet2012"
   config.data.image_size = args["resolution"]

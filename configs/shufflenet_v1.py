@@ -24,7 +24,7 @@ def get_config(arg: str | None = None):
   config = default.get_config()
   config.model = "shufflenet_v1"
   config.model_options = dict(groups=args["groups"], scale=args["scale"],
-                              shuffle=args["shuffle"], bn_momentum=0.9, bn_epsilon=1e-5,
+                              shuffle=args["shuffle"], variant="standard", bn_momentum=0.9, bn_epsilon=1e-5,
                               padding="symmetric")
   config.data.name = "imagenet2012"
   config.data.image_size = args["resolution"]
