@@ -104,9 +104,11 @@ class CheckpointStore:
     return restored["variables"], restored.get("opt_state") if abstract_opt_state else None
 
   def restore_as_saved(self, step: int) -> dict:
-    """The `variables` item at `step` as host arrays, with the structure it was saved with."""
+    """The `variables` item at `step` with the structure it was saved with, on one local
+    device, whatever the devices and hosts that saved it (e.g. a pod run, read on one GPU)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return self.manager.restore(step, args=ocp.args.Composite(
-        variables=ocp.args.StandardRestore()))["variables"]
+        variables=ocp.args.StandardRestore(fallback_sharding=device)))["variables"]
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mobileshuffle_jax import complexity, layers, models
-from mobileshuffle_jax.models import mobilenet_v1, shufflenet_v1
+from mobileshuffle_jax.models import mobilenet_v1, norm, shufflenet_v1
 
 RESOLUTIONS = (224, 192, 160, 128, 161)  # the paper's four and an odd one
 PADDINGS = layers.PADDING_CONVENTIONS
@@ -69,7 +69,7 @@ def trace(model, resolution, batch=2) -> Trace:
       if isinstance(module, nn.Conv):
         convs.append((path, args[0].shape, outputs.shape, module.feature_group_count,
                       tuple(module.kernel_size), tuple(module.strides)))
-      elif isinstance(module, nn.BatchNorm):
+      elif isinstance(module, norm.BatchNorm):
         norms.append((path, outputs.shape))
       if len(module.path) == 1:
         blocks[module.path[0]] = (args[0].shape, outputs.shape)
