@@ -25,6 +25,7 @@ def main(argv):
   from mobileshuffle_jax import evaluation  # after the runtime is up
   result = evaluation.evaluate_checkpoint(FLAGS.workdir, FLAGS.config, FLAGS.step)
   print(json.dumps(result), flush=True)
+  runtime.shutdown()
 
 
 if __name__ == "__main__":

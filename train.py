@@ -21,6 +21,7 @@ def main(argv):
   runtime.initialize()
   from mobileshuffle_jax import training  # after the runtime is up
   training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  runtime.shutdown()
 
 
 if __name__ == "__main__":

@@ -52,3 +52,13 @@ def initialize() -> None:
         f"%(asctime)s [{jax.process_index()}] %(message)s", "%H:%M:%S"))
     ours.addHandler(handler)
     ours.propagate = False
+
+
+def shutdown() -> None:
+  """Leave the multi-process runtime together: a process that exits while another is still
+  finishing its last save or eval can make the coordination service abort the other."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("mobileshuffle_jax: done")
+    jax.distributed.shutdown()
