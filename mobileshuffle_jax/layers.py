@@ -74,7 +74,12 @@ def pool(x: jnp.ndarray, kind: str, padding: str) -> jnp.ndarray:
   window = dict(window_shape=(3, 3), strides=(2, 2), padding=spatial_padding(3, padding))
   if kind == "max":
     return nn.max_pool(x, **window)
-  return nn.avg_pool(x, **window, count_include_pad=padding == "symmetric")
+  if padding == "symmetric":
+    # Zero padding then a VALID pool: the same mean, in a form every runtime has as one
+    # op (TFLite: PAD + AVERAGE_POOL_2D; a padded window is a slow generic reduce there).
+    x = jnp.pad(x, ((0, 0), *window["padding"], (0, 0)))
+    return nn.avg_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+  return nn.avg_pool(x, **window, count_include_pad=False)  # TensorFlow's SAME rule
 
 
 class ConvBN(nn.Module):

@@ -1,7 +1,10 @@
 r"""Portable files of one checkpoint, for sharing and serving.
 
-    python -m mobileshuffle_jax.export --workdir DIR --out FILE [--format safetensors|jax]
-                                       [--step N] [--batch B]
+    python -m mobileshuffle_jax.export --workdir DIR --out FILE
+        [--format safetensors|jax|tflite] [--step N] [--batch B]
+
+`tflite`: a LiteRT flatbuffer for phones, float or quantized; see
+`mobileshuffle_jax.export.tflite` and its checker, `python -m mobileshuffle_jax.export.check`.
 
 `safetensors` (default): one file with every evaluation variable, named by its path
 ('params/stem/conv/kernel', 'batch_stats/stem/bn/mean', ...), and in its string metadata
@@ -45,7 +48,7 @@ from jax import lax
 
 from mobileshuffle_jax import lowering, predict
 
-FORMATS = ("safetensors", "jax")
+FORMATS = ("safetensors", "jax", "tflite")
 SAFETENSORS_FORMAT = "mobileshuffle_jax.safetensors"
 JAX_FORMAT = "mobileshuffle_jax.jax_export"
 FORMAT_VERSION = 1
@@ -62,25 +65,36 @@ RECORD_METADATA = ("model", "params_sha256", "step", *JSON_METADATA)
 
 def output_paths(out: str, file_format: str) -> list[str]:
   """The files an export to `out` writes."""
-  return [out, out + SIDECAR_SUFFIX] if file_format == "jax" else [out]
+  return [out] if file_format == "safetensors" else [out, out + SIDECAR_SUFFIX]
 
 
 def export_checkpoint(workdir: str, out: str, *, file_format: str = "safetensors",
-                      step: int | None = None,
-                      batch: int | None = None) -> predict.Predictor:
+                      step: int | None = None, batch: int | None = None,
+                      **tflite_options) -> predict.Predictor:
   """Export `step` (default: the latest) of `workdir` to `out` (see `output_paths`); the
   predictor exported.
 
   `workdir`: anything `mobileshuffle_jax.load` reads. `batch` fixes the batch dimension of
-  a `jax` export. Every refusal is a ValueError raised before anything is written.
+  a `jax` export (default: any) or of a `tflite` one (default 1). `tflite_options`:
+  `tflite.write_tflite`'s keyword arguments. Every refusal is a ValueError; those of the
+  options come before the checkpoint is read, and nothing is written unless all succeeds.
   """
   if file_format not in FORMATS:
     raise ValueError(f"format={file_format!r} is not supported; allowed values: "
                      f"{', '.join(repr(f) for f in FORMATS)}")
-  if batch is not None and file_format != "jax":
-    raise ValueError("--batch fixes the batch size of a --format jax export only")
+  if batch is not None and file_format == "safetensors":
+    raise ValueError("--batch fixes the batch size of a --format jax or tflite export only")
   if batch is not None and batch <= 0:
     raise ValueError(f"--batch={batch} must be positive")
+  if tflite_options and file_format != "tflite":
+    raise ValueError(f"{', '.join(sorted(tflite_options))}: options of --format tflite only")
+  if file_format == "tflite":
+    from mobileshuffle_jax.export import tflite  # pylint: disable=g-import-not-at-top
+    tflite.check_options(
+        quantize=tflite_options.get("quantize", "none"), batch=batch or 1,
+        resolution=tflite_options.get("resolution"),
+        calibration_images=tflite_options.get("calibration_count",
+                                              tflite.DEFAULT_CALIBRATION_IMAGES))
   existing = [path for path in output_paths(out, file_format) if os.path.lexists(path)]
   if existing:
     raise ValueError(f"{existing[0]} exists; choose a new --out (nothing was written)")
@@ -90,8 +104,10 @@ def export_checkpoint(workdir: str, out: str, *, file_format: str = "safetensors
   predictor = predict.load(workdir, step=step)
   if file_format == "safetensors":
     write_safetensors(predictor, out)
-  else:
+  elif file_format == "jax":
     write_jax(predictor, out, batch=batch)
+  else:
+    tflite.write_tflite(predictor, out, batch=batch or 1, **tflite_options)
   return predictor
 
 
