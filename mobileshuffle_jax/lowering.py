@@ -1,19 +1,38 @@
 """Faster lowerings of the convolutions MobileNet v1 and ShuffleNet v1 are made of.
 
 Every conv of the models is a flax `nn.Conv` (NHWC input, HWIO kernel of shape
-`(kh, kw, in // groups, out)`), and the models pass a `lax.conv_general_dilated`-compatible
-function to it. This module provides one such function, `fast_conv`, that computes the
-same convolution with cheaper primitives where XLA's own convolution is slow:
+`(kh, kw, in // groups, out)`), and the models hand it a `lax.conv_general_dilated`-
+compatible function (their `conv_lowering` field). `fast_conv` is such a function: it
+computes the same convolution with primitives XLA:CPU runs well, and passes everything
+else to `lax.conv_general_dilated` unchanged:
 
-- depthwise 3x3 (`feature_group_count == in == out channels`): nine shifted
-  multiply-adds over the padded input, forward and backward (`jax.custom_vjp`);
-- 1x1 dense: one `dot_general` over the channel axis;
-- 1x1 grouped: channels viewed as (groups, in / groups), one batched contraction;
-- anything else: `lax.conv_general_dilated` itself.
+- depthwise (feature_group_count == in == out channels, any kernel size and padding):
+  one multiply-add of a strided window of the padded input per kernel tap. XLA:CPU
+  expands `feature_group_count` convolutions into slow loops, forward and backward
+  (jax #23713); its autodiff of the windows is no better, so the backward is written out
+  (`jax.custom_vjp`): the input gradient as the same kind of shifted multiply-adds over
+  the output gradient, one stride-1 sum per stride parity plane, and the kernel gradient
+  as one reduction per tap.
+- 1x1, dense or grouped, stride 1: one matrix product per group over the channel axis,
+  with a backward that never transposes activations inside another fusion.
+- dense convs with few inputs per output (kh * kw * in <= 27: the RGB stems): one
+  multiply-add of a window of one input channel, broadcast over the output channels, per
+  kernel entry. XLA:CPU's own convolution of 3 input channels, with the BN and ReLU it
+  fuses after it, runs at a few GFLOP/s: a third of ShuffleNet's inference time.
 
-The parameter layout is the same for every lowering, so parameters, checkpoints and
-gradients are interchangeable; only speed differs. `conv_lowering(name, backend)` picks
-one by name ('xla', 'fast', 'auto').
+The parameter layout does not change, so parameters, checkpoints and gradients are the
+same under any lowering; only speed differs (tests/test_lowering.py checks equality).
+`conv_lowering(name, backend)` picks a lowering by name:
+
+- 'xla': None, i.e. XLA's own convolution;
+- 'fast': `fast_conv`;
+- 'auto': per backend. On CPU 'fast' (MobileNet v1 1.0 and ShuffleNet v1 1x g=3 at
+  224 px, batch 32, run several times faster, training and inference:
+  `python -m mobileshuffle_jax.bench --lowering all`). Elsewhere 'xla', unmeasured: GPU
+  and TPU convolutions run depthwise and grouped convs as native kernels (cuDNN, the
+  TPU's convolution units) in one pass over the activations, where the kernel gradient
+  here reads them once per tap, and the 1x1 products are the same matrix products either
+  way. The bench's `--lowering all` measures both wherever a device is at hand.
 """
 
 from __future__ import annotations
@@ -25,127 +44,142 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+LOWERINGS = ("auto", "xla", "fast")
+# What 'auto' is per backend (see the module docstring); backends not listed get AUTO_DEFAULT.
+AUTO = {"cpu": "fast"}
+AUTO_DEFAULT = "xla"
+
 # flax's `nn.Conv` calls the lowering with NHWC input, HWIO kernel and NHWC output.
-_NHWC_SPEC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
-                                      out_spec=(0, 3, 1, 2))
+_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
+                                 out_spec=(0, 3, 1, 2))
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
 def _is_nhwc(lhs, rhs, dimension_numbers) -> bool:
   if lhs.ndim != 4 or rhs.ndim != 4:
     return False
-  return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC_SPEC
+  return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC
 
 
 def _explicit_padding(padding, spatial: Sequence[int], window: Sequence[int],
-                      strides: Sequence[int]) -> tuple[tuple[int, int], ...]:
-  """`padding` ('SAME', 'VALID', ... or pairs) as one (low, high) pair per spatial axis."""
+                      strides: Sequence[int]) -> Pads:
+  """`padding` ('SAME', 'VALID', ... or (low, high) pairs) as one pair per spatial axis."""
   if isinstance(padding, str):
     return tuple(tuple(p) for p in lax.padtype_to_pads(spatial, window, strides, padding))
   return tuple((int(low), int(high)) for low, high in padding)
-
-
-def _tap(padded, row: int, col: int, stride: int, out_height: int, out_width: int):
-  """The input pixels kernel tap (row, col) meets at every output position: a strided slice."""
-  batch, _, _, channels = padded.shape
-  return lax.slice(padded, (0, row, col, 0),
-                   (batch, row + stride * (out_height - 1) + 1,
-                    col + stride * (out_width - 1) + 1, channels),
-                   (1, stride, stride, 1))
-
-
-def _shifted_sum(padded, kernel, stride: int, out_height: int, out_width: int):
-  """sum over taps of tap(padded) * kernel[tap]: the depthwise conv of an already padded input.
-
-  `kernel` is (kh, kw, channels). XLA fuses the slices, products and sums into one loop
-  over the output, which reads each input pixel from cache kh * kw times.
-  """
-  out = None
-  for row in range(kernel.shape[0]):
-    for col in range(kernel.shape[1]):
-      term = _tap(padded, row, col, stride, out_height, out_width) * kernel[row, col]
-      out = term if out is None else out + term
-  return out
 
 
 def _output_size(size: int, pads: tuple[int, int], window: int, stride: int) -> int:
   return (size + pads[0] + pads[1] - window) // stride + 1
 
 
-def _depthwise_input_grad(grad, kernel, stride: int, pads, in_height: int, in_width: int):
-  """The gradient of a depthwise conv w.r.t. its input, as shifted multiply-adds over `grad`.
+def _accumulation_dtype(dtype):
+  """Products are summed in float32 or wider, as XLA's convolution does for bfloat16."""
+  return jnp.promote_types(dtype, jnp.float32)
 
-  Padded input row p receives grad row o through tap i wherever p = stride * o + i. Split
-  p by its remainder r modulo the stride, p = stride * a + r: the taps i = r + stride * t
-  (t = 0, 1, ...) meet output rows a - t. So each of the stride x stride parity planes is
-  a stride-1 correlation of `grad` with a sub-kernel, the planes interleave into the padded
-  input's gradient, and the padding is cropped off. Every tap is used once: as many
-  multiply-adds as the forward pass.
+
+def _window(source, top: int, left: int, stride: int, out_height: int, out_width: int):
+  """source[:, top + stride * o, left + stride * q] for every output position (o, q)."""
+  batch, _, _, channels = source.shape
+  return lax.slice(source, (0, top, left, 0),
+                   (batch, top + stride * (out_height - 1) + 1,
+                    left + stride * (out_width - 1) + 1, channels),
+                   (1, stride, stride, 1))
+
+
+def _weighted_windows(source, taps, stride: int, out_height: int, out_width: int):
+  """The sum over `taps` ((top, left, per-channel weights)) of weights * window(top, left).
+
+  XLA fuses the strided slices, products and sums into one loop over the output, which
+  reads each pixel of `source` from cache once per tap.
+  """
+  out = None
+  for top, left, weights in taps:
+    term = _window(source, top, left, stride, out_height, out_width) * weights
+    out = term if out is None else out + term
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_conv(x, kernel, stride: int, pads: Pads):
+  """Depthwise conv of NHWC `x` with a (kh, kw, channels) kernel, as shifted multiply-adds.
+
+  `pads` is ((top, bottom), (left, right)), all >= 0. The result has x's dtype.
+  """
+  return _depthwise_fwd(x, kernel, stride, pads)[0]
+
+
+def _depthwise_fwd(x, kernel, stride, pads):
+  kh, kw, _ = kernel.shape
+  acc = _accumulation_dtype(x.dtype)
+  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  taps = [(i, j, kernel[i, j].astype(acc)) for i in range(kh) for j in range(kw)]
+  out = _weighted_windows(padded.astype(acc), taps, stride,
+                          _output_size(x.shape[1], pads[0], kh, stride),
+                          _output_size(x.shape[2], pads[1], kw, stride))
+  # The padded input is what the kernel gradient reads, tap by tap.
+  return out.astype(x.dtype), (padded, kernel)
+
+
+def _depthwise_bwd(stride, pads, residuals, grad):
+  padded, kernel = residuals
+  acc = _accumulation_dtype(grad.dtype)
+  grad = grad.astype(acc)
+  in_size = (padded.shape[1] - sum(pads[0]), padded.shape[2] - sum(pads[1]))
+  grad_x = _depthwise_input_grad(grad, kernel.astype(acc), stride, pads, in_size)
+  grad_kernel = _depthwise_kernel_grad(padded.astype(acc), grad, kernel.shape, stride)
+  return grad_x.astype(padded.dtype), grad_kernel.astype(kernel.dtype)
+
+
+depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+def _depthwise_input_grad(grad, kernel, stride: int, pads: Pads, in_size: tuple[int, int]):
+  """d x of a depthwise conv: shifted multiply-adds over the output gradient `grad`.
+
+  Padded row p receives grad row o through tap i where p = stride * o + i. Write
+  p = stride * a + r (r < stride): the taps i = r + stride * t meet grad rows a - t. So
+  each parity plane (r, c) of the padded input's gradient is a stride-1 sum of windows of
+  grad over the taps of that parity, the planes interleave into the padded gradient, and
+  the padding is cropped off. Each tap is used once: as many multiply-adds as the forward.
   """
   kh, kw, _ = kernel.shape
   batch, out_height, out_width, channels = grad.shape
-  padded_height = in_height + pads[0][0] + pads[0][1]
-  padded_width = in_width + pads[1][0] + pads[1][1]
-  plane_height = -(-padded_height // stride)
-  plane_width = -(-padded_width // stride)
-  taps_h, taps_w = -(-kh // stride), -(-kw // stride)
-  # Zero rows before grad for the shifts a - t (t < taps) and after it up to the plane size.
-  grad = jnp.pad(grad, ((0, 0), (taps_h - 1, plane_height - out_height),
-                        (taps_w - 1, plane_width - out_width), (0, 0)))
-  planes = []
-  for r in range(stride):
-    row_planes = []
-    for c in range(stride):
-      sub_kernel = kernel[r::stride, c::stride][::-1, ::-1]
-      # Flipped sub-kernel: tap t of the correlation pairs with grad row a - t.
-      sub_kernel = jnp.pad(sub_kernel, ((taps_h - sub_kernel.shape[0], 0),
-                                        (taps_w - sub_kernel.shape[1], 0), (0, 0)))
-      row_planes.append(_shifted_sum(grad, sub_kernel, 1, plane_height, plane_width))
-    planes.append(row_planes)
+  plane_height = -(-(in_size[0] + sum(pads[0])) // stride)
+  plane_width = -(-(in_size[1] + sum(pads[1])) // stride)
+  # Grad rows a - t for t up to `reach` - 1, and zeros after it up to the plane's size.
+  reach_h, reach_w = -(-kh // stride), -(-kw // stride)
+  grad = jnp.pad(grad, ((0, 0), (reach_h - 1, plane_height - out_height),
+                        (reach_w - 1, plane_width - out_width), (0, 0)))
+  planes = [[_weighted_windows(
+      grad, [(reach_h - 1 - t, reach_w - 1 - u, kernel[r + stride * t, c + stride * u])
+             for t in range(-(-(kh - r) // stride)) for u in range(-(-(kw - c) // stride))],
+      1, plane_height, plane_width) for c in range(stride)] for r in range(stride)]
   if stride == 1:
     padded_grad = planes[0][0]
   else:
     # (batch, a, r, b, c, channels) -> padded row stride * a + r, column stride * b + c.
     stacked = jnp.stack([jnp.stack(row, axis=3) for row in planes], axis=2)
     padded_grad = stacked.reshape(batch, plane_height * stride, plane_width * stride, channels)
-  return padded_grad[:, pads[0][0]:pads[0][0] + in_height,
-                     pads[1][0]:pads[1][0] + in_width]
+  return padded_grad[:, pads[0][0]:pads[0][0] + in_size[0],
+                     pads[1][0]:pads[1][0] + in_size[1]]
 
 
-# Up to this many output pixels per image (28 x 28), and this batch size, the kernel
-# gradient sums over the batch first (see `_depthwise_kernel_grad`).
-_BATCH_FIRST_MAX_PIXELS = 28 * 28
-_BATCH_FIRST_MAX_BATCH = 64
+def _depthwise_kernel_grad(padded, grad, kernel_shape, stride: int):
+  """d kernel[i, j, c] = sum over the batch and output positions of window(i, j) * grad.
 
-
-def _depthwise_kernel_grad(padded, grad, kh: int, kw: int, stride: int):
-  """d kernel[i, j, c] = sum over batch and output positions of tap(i, j) * grad.
-
-  Two orders of the same sums, whichever XLA:CPU runs faster (measured per layer shape of
-  MobileNet v1 and ShuffleNet v1 at batch 32):
-
-  - small images at stride 1: per tap, one elementwise sum over the batch of tap * grad
-    (written out image by image, which XLA fuses into one loop with the nine taps side by
-    side), then one reduction over the pixels of all nine;
-  - otherwise, per tap, one reduction over everything of the tap's input window times
-    grad. The window is read from the padded input's parity plane (i % stride,
-    j % stride) at offset (i // stride, j // stride), and grad is placed at that offset
-    with zeros around it: XLA reduces such a padded operand in place, where a window
-    sliced out of the input would be copied first, for every tap.
+  Window (i, j) is the padded input's parity plane (i % stride, j % stride) at offset
+  (i // stride, j // stride), unit-stride. Each tap is one reduction of the plane times
+  grad placed at that offset with zeros around it: XLA:CPU reduces such a padded operand
+  in place, where a window sliced out of the input would first be copied, for every tap.
   """
-  batch, out_height, out_width, channels = grad.shape
-  if (stride == 1 and out_height * out_width <= _BATCH_FIRST_MAX_PIXELS
-      and batch <= _BATCH_FIRST_MAX_BATCH):
-    per_tap = []
-    for i in range(kh):
-      for j in range(kw):
-        window = _tap(padded, i, j, stride, out_height, out_width)
-        per_tap.append(sum(window[n] * grad[n] for n in range(batch))[:, :, None])
-    return jnp.sum(jnp.concatenate(per_tap, axis=2), axis=(0, 1)).reshape(kh, kw, channels)
+  kh, kw, channels = kernel_shape
+  _, out_height, out_width, _ = grad.shape
   zero = jnp.zeros((), grad.dtype)
   planes = {}
-  rows = []
+  sums = []
   for i in range(kh):
-    row = []
     for j in range(kw):
       parity = (i % stride, j % stride)
       if parity not in planes:
@@ -155,55 +189,59 @@ def _depthwise_kernel_grad(padded, grad, kh: int, kw: int, stride: int):
       placed = lax.pad(grad, zero, ((0, 0, 0), (top, plane.shape[1] - top - out_height, 0),
                                     (left, plane.shape[2] - left - out_width, 0),
                                     (0, 0, 0)))
-      row.append(jnp.sum(plane * placed, axis=(0, 1, 2)))
-    rows.append(jnp.stack(row))
-  return jnp.stack(rows)
+      sums.append(jnp.sum(plane * placed, axis=(0, 1, 2)))
+  return jnp.stack(sums).reshape(kh, kw, channels)
+
+
+# Dense convs with at most this many kernel entries per output go to `broadcast_conv`.
+_BROADCAST_MAX_TERMS = 27
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def depthwise_conv(x, kernel, stride: int, pads):
-  """Depthwise conv of NHWC `x` with a (kh, kw, channels) kernel as shifted multiply-adds.
+def broadcast_conv(x, kernel, stride: int, pads: Pads):
+  """A dense conv of NHWC `x` with an HWIO kernel as kh * kw * in broadcast multiply-adds.
 
-  `pads` is ((top, bottom), (left, right)), all >= 0. Products are summed in float32 (or
-  wider) whatever the input dtype, as XLA's convolution does; the result has x's dtype.
+  Term (i, j, c) is input channel c of window (i, j), times kernel[i, j, c] (one weight
+  per output channel): one loop over the output, vectorized over its channels. Only
+  cheap for few terms, e.g. a 3 x 3 conv of RGB images.
   """
-  return _depthwise_forward(x, kernel, stride, pads)[0]
+  return _broadcast_conv_fwd(x, kernel, stride, pads)[0]
 
 
-def _accumulation_dtype(dtype):
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-def _depthwise_forward(x, kernel, stride, pads):
-  kh, kw, _ = kernel.shape
-  out_height = _output_size(x.shape[1], pads[0], kh, stride)
-  out_width = _output_size(x.shape[2], pads[1], kw, stride)
+def _broadcast_conv_forward(x, kernel, stride, pads):
+  kh, kw, in_channels, _ = kernel.shape
   acc = _accumulation_dtype(x.dtype)
-  padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  out = _shifted_sum(padded.astype(acc), kernel.astype(acc), stride, out_height, out_width)
-  return out.astype(x.dtype), padded
+  padded = jnp.pad(x, ((0, 0), *pads, (0, 0))).astype(acc)
+  taps = [(i, j, c) for i in range(kh) for j in range(kw) for c in range(in_channels)]
+  size = (_output_size(x.shape[1], pads[0], kh, stride),
+          _output_size(x.shape[2], pads[1], kw, stride))
+  out = None
+  for i, j, c in taps:
+    term = _window(padded[..., c:c + 1], i, j, stride, *size) * kernel[i, j, c].astype(acc)
+    out = term if out is None else out + term
+  return out.astype(x.dtype), padded, size
 
 
-def _depthwise_fwd(x, kernel, stride, pads):
-  out, padded = _depthwise_forward(x, kernel, stride, pads)
-  # Keep the padded input: the kernel gradient reads its taps.
-  return out, (padded, kernel)
+def _broadcast_conv_fwd(x, kernel, stride, pads):
+  out, padded, _ = _broadcast_conv_forward(x, kernel, stride, pads)
+  return out, (x, padded, kernel)
 
 
-def _depthwise_bwd(stride, pads, residuals, grad):
-  padded, kernel = residuals
-  kh, kw, _ = kernel.shape
-  in_height = padded.shape[1] - pads[0][0] - pads[0][1]
-  in_width = padded.shape[2] - pads[1][0] - pads[1][1]
-  acc = _accumulation_dtype(grad.dtype)
-  grad_acc = grad.astype(acc)
-  grad_x = _depthwise_input_grad(grad_acc, kernel.astype(acc), stride, pads, in_height,
-                                 in_width)
-  grad_kernel = _depthwise_kernel_grad(padded.astype(acc), grad_acc, kh, kw, stride)
-  return grad_x.astype(padded.dtype), grad_kernel.astype(kernel.dtype)
+def _broadcast_conv_bwd(stride, pads, residuals, grad):
+  x, padded, kernel = residuals
+  kh, kw, in_channels, out_channels = kernel.shape
+  # d kernel: the products of the windows (stacked as patches) with grad, as one matrix
+  # product. d x, which a stem does not need (XLA then drops it), by autodiff.
+  size = grad.shape[1:3]
+  patches = jnp.concatenate([_window(padded, i, j, stride, *size)
+                             for i in range(kh) for j in range(kw)], axis=-1)
+  grad_kernel = _weight_grad(patches, grad.astype(patches.dtype), None)
+  _, input_vjp = jax.vjp(lambda x: _broadcast_conv_forward(x, kernel, stride, pads)[0], x)
+  return (input_vjp(grad)[0],
+          grad_kernel.reshape(kh, kw, in_channels, out_channels).astype(kernel.dtype))
 
 
-depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
+broadcast_conv.defvjp(_broadcast_conv_fwd, _broadcast_conv_bwd)
 
 
 def _matmul(a, b, precision):
@@ -211,134 +249,97 @@ def _matmul(a, b, precision):
   return lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dense_pointwise(x, weights, precision):
-  """x (..., in) @ weights (in, out), with a weight gradient that XLA:CPU computes fast."""
-  return _matmul(x, weights, precision)
+def _weight_grad(x, grad, precision):
+  """x^T grad summed over every pixel: d weights of x (..., in) @ weights (in, out).
 
-
-def _dense_pointwise_fwd(x, weights, precision):
-  return _matmul(x, weights, precision), (x, weights)
-
-
-def _dense_pointwise_bwd(precision, residuals, grad):
-  x, weights = residuals
-  in_channels, out_channels = weights.shape
-  grad_x = _matmul(grad, weights.T, precision)
-  # d weights = x^T grad over all pixels, as a 2-D product that contracts the leading axis
-  # of both operands: XLA:CPU's dot takes that transposed operand as it is, where the 4-D
-  # contraction autodiff writes makes XLA transpose x or grad inside the fusion producing
-  # it, whose writes then stride a whole row per element.
-  grad_weights = lax.dot_general(x.reshape(-1, in_channels), grad.reshape(-1, out_channels),
-                                 (((0,), (0,)), ((), ())), precision=precision)
-  return grad_x, grad_weights.astype(weights.dtype)
-
-
-_dense_pointwise.defvjp(_dense_pointwise_fwd, _dense_pointwise_bwd)
-
-
-def pointwise_conv(x, kernel, groups: int = 1, precision=None):
-  """A 1x1 conv of NHWC `x` with an HWIO (1, 1, in // groups, out) kernel as a contraction.
-
-  Dense: one matrix product over the channel axis. Grouped: the channels split into
-  (groups, in // groups) and the kernel into (in // groups, groups, out // groups), and
-  one contraction batched over the group axis.
+  A 2-D product contracting the leading axis of both operands: XLA:CPU's dot reads that
+  transposed operand as it is. For the 4-D contraction autodiff writes, XLA transposes x
+  or grad inside the fusion that produces it instead, whose writes then stride a whole
+  row per element: several times slower.
   """
-  _, _, in_per_group, out_channels = kernel.shape
-  weights = kernel.reshape(in_per_group, out_channels)
-  if groups == 1:
-    return _dense_pointwise(x, weights, precision)
-  return _grouped_pointwise(x, weights, groups, precision)
+  return lax.dot_general(x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1]),
+                         (((0,), (0,)), ((), ())), precision=precision)
 
 
-def _grouped_contraction(x, weights, groups: int, precision):
-  """The grouped 1x1 conv as one contraction batched over the groups."""
-  in_per_group, out_channels = weights.shape
-  grouped_x = x.reshape(*x.shape[:-1], groups, in_per_group)
-  grouped_w = weights.reshape(in_per_group, groups, out_channels // groups)
-  out = jnp.einsum("...gi,igo->...go", grouped_x, grouped_w, precision=precision)
-  return out.reshape(*x.shape[:-1], out_channels)
+def _group_slices(weights, groups: int, group: int) -> tuple[slice, slice]:
+  """The input and output channels of `group` (channels are group-major)."""
+  in_per_group, out_per_group = weights.shape[0], weights.shape[1] // groups
+  return (slice(group * in_per_group, (group + 1) * in_per_group),
+          slice(group * out_per_group, (group + 1) * out_per_group))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _grouped_pointwise(x, weights, groups: int, precision):
-  """A grouped 1x1 conv: x (..., groups * i) with weights (i, out), group-major channels.
+def pointwise_conv(x, weights, groups: int, precision=None):
+  """A 1x1 conv of x (..., groups * i) with weights (i, out): one product per group.
 
-  Forward: one matrix product per group on its slice of the channels, concatenated. The
-  batched contraction computes the same, but XLA:CPU moves the group axis of input and
-  output to the front first, two copies that cost it several times the products. The
-  backward is the batched contraction's own: there it is the faster one.
+  The groups' products are concatenated. One contraction batched over a group axis
+  computes the same, but XLA:CPU moves that axis of input and output to the front first,
+  copies that cost several times the products.
   """
-  in_per_group, out_channels = weights.shape
-  out_per_group = out_channels // groups
-  return jnp.concatenate(
-      [_matmul(x[..., g * in_per_group:(g + 1) * in_per_group],
-               weights[:, g * out_per_group:(g + 1) * out_per_group], precision)
-       for g in range(groups)], axis=-1)
+  return _pointwise_fwd(x, weights, groups, precision)[0]
 
 
-def _grouped_pointwise_fwd(x, weights, groups, precision):
-  return _grouped_pointwise(x, weights, groups, precision), (x, weights)
+def _pointwise_fwd(x, weights, groups, precision):
+  outs = []
+  for group in range(groups):
+    inputs, outputs = _group_slices(weights, groups, group)
+    outs.append(_matmul(x[..., inputs], weights[:, outputs], precision))
+  return jnp.concatenate(outs, axis=-1), (x, weights)
 
 
-def _grouped_pointwise_bwd(groups, precision, residuals, grad):
+def _pointwise_bwd(groups, precision, residuals, grad):
   x, weights = residuals
-  _, backward = jax.vjp(lambda x, w: _grouped_contraction(x, w, groups, precision), x, weights)
-  return backward(grad)
+  grads_x, grads_weights = [], []
+  for group in range(groups):
+    inputs, outputs = _group_slices(weights, groups, group)
+    grads_x.append(_matmul(grad[..., outputs], weights[:, outputs].T, precision))
+    grads_weights.append(_weight_grad(x[..., inputs], grad[..., outputs], precision))
+  return (jnp.concatenate(grads_x, axis=-1),
+          jnp.concatenate(grads_weights, axis=-1).astype(weights.dtype))
 
 
-_grouped_pointwise.defvjp(_grouped_pointwise_fwd, _grouped_pointwise_bwd)
+pointwise_conv.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 def fast_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
               dimension_numbers=None, feature_group_count=1, batch_group_count=1,
               precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated` with depthwise and 1x1 convs lowered to cheaper primitives.
+  """`lax.conv_general_dilated`, with depthwise and 1x1 convs computed by cheaper means.
 
-  Takes over only NHWC/HWIO convs without dilation and with non-negative padding, of
-  one of two kinds: depthwise (feature_group_count == input channels == output channels)
-  and 1x1 (dense or grouped, stride 1, no padding). Everything else is passed on unchanged.
+  Takes over NHWC/HWIO convs without dilation, with non-negative padding and equal
+  strides, of three kinds: depthwise (feature_group_count == input channels == output
+  channels), 1x1 (dense or grouped, stride 1, no padding) and dense with at most
+  `_BROADCAST_MAX_TERMS` kernel entries per output. Any other call is passed on to
+  `lax.conv_general_dilated` unchanged.
   """
   canonical = functools.partial(
       lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, batch_group_count=batch_group_count,
       precision=precision, preferred_element_type=preferred_element_type)
-  undilated = all(d == 1 for d in (lhs_dilation or ())) and all(
-      d == 1 for d in (rhs_dilation or ()))
+  undilated = all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+  strides = tuple(window_strides)
   if not (undilated and batch_group_count == 1 and preferred_element_type is None
-          and _is_nhwc(lhs, rhs, dimension_numbers)):
+          and _is_nhwc(lhs, rhs, dimension_numbers) and strides[0] == strides[1]):
     return canonical()
   kh, kw, in_per_group, out_channels = rhs.shape
   channels = lhs.shape[-1]
-  strides = tuple(window_strides)
   pads = _explicit_padding(padding, lhs.shape[1:3], (kh, kw), strides)
   if any(p < 0 for pair in pads for p in pair):
     return canonical()
-  if (feature_group_count == channels == out_channels and in_per_group == 1
-      and strides[0] == strides[1]):
+  if feature_group_count == channels == out_channels and in_per_group == 1:
     return depthwise_conv(lhs, rhs.reshape(kh, kw, channels), strides[0], pads)
   if (kh, kw) == (1, 1) and strides == (1, 1) and pads == ((0, 0), (0, 0)):
-    return pointwise_conv(lhs, rhs, feature_group_count, precision)
+    return pointwise_conv(lhs, rhs.reshape(in_per_group, out_channels), feature_group_count,
+                          precision)
+  if feature_group_count == 1 and kh * kw * channels <= _BROADCAST_MAX_TERMS:
+    return broadcast_conv(lhs, rhs, strides[0], pads)
   return canonical()
 
 
-LOWERINGS = ("auto", "xla", "fast")
-# What 'auto' picks per backend (see the module docstring for the measurements and reasons).
-AUTO = {"cpu": "fast"}
-AUTO_DEFAULT = "xla"
-
-
 def _auto_conv(lhs, rhs, *args, **kwargs):
-  """'auto' resolved when the conv is traced, for the default backend at that time.
-
-  With more than one device XLA's own convolution is kept: under SPMD data parallelism
-  the partitioner splits the shifted taps of `fast_conv` along the spatial axes and
-  exchanges halos (thousands of collective-permutes per step), while it keeps XLA's
-  convolution on the batch split with nothing but the gradient all-reduce.
-  """
-  backend = jax.default_backend() if jax.device_count() == 1 else "multi-device"
-  conv = conv_lowering("auto", backend) or lax.conv_general_dilated
+  """'auto' resolved when a conv is traced, for the default backend of that moment."""
+  conv = conv_lowering("auto", jax.default_backend()) or lax.conv_general_dilated
   return conv(lhs, rhs, *args, **kwargs)
 
 
@@ -346,9 +347,9 @@ def conv_lowering(name: str, backend: str | None = None) -> Callable | None:
   """The `conv_general_dilated` function for the models' `conv_lowering` field.
 
   'xla': None (flax's default, `lax.conv_general_dilated`); 'fast': `fast_conv`; 'auto':
-  the faster of the two on `backend` ('cpu', 'gpu', 'tpu'), or, for backend None, a
-  function that decides when it is traced (so building a model never initializes JAX's
-  backends).
+  `AUTO`'s choice for `backend` ('cpu', 'gpu', 'tpu'). For backend None, 'auto' is a
+  function that decides when the conv is traced, so that building a model never
+  initializes JAX's backends.
   """
   if name not in LOWERINGS:
     raise ValueError(f"lowering={name!r} is not supported; allowed values: "

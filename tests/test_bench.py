@@ -1,0 +1,94 @@
+"""The benchmark runs end to end at tiny settings and reports every field (no time asserted)."""
+
+import json
+
+import pytest
+
+from mobileshuffle_jax import bench
+
+TINY = ["--resolution", "64", "--batch", "2", "--repeats", "1", "--matmul-size", "64"]
+FIGURES = ("train_images_per_s", "infer_images_per_s", "latency_ms", "train_cpu_ms_per_image",
+           "infer_cpu_ms_per_image", "compile_train_s", "compile_infer_s")
+
+
+def _check_figures(result):
+  assert "error" not in result, result.get("error")
+  for key in FIGURES:
+    assert result[key] > 0, key
+  assert "peak_rss_growth_bytes" in result["memory"]
+
+
+def test_json_report_of_our_model(capsys):
+  assert bench.main(["--model", "mobilenet_v1", "--alpha", "0.25", "--lowering", "fast",
+                     "--json", "--tflite", *TINY]) == 0
+  report = json.loads(capsys.readouterr().out)
+  assert report["config"] == {"model": "mobilenet_v1", "options": {"alpha": 0.25},
+                              "batch": 2, "resolution": 64, "repeats": 1,
+                              "dtype": "float32", "malloc": "hugepages"}
+  assert report["machine"]["matmul_gflops"] > 0
+  assert report["mult_adds_per_image"] > 0
+  (result,) = report["results"]
+  _check_figures(result)
+  assert result["framework"] == "jax"
+  assert result["lowering"] == result["resolved_lowering"] == "fast"
+  assert result["memory"]["train_temp_bytes"] > 0
+  assert result["infer_gflops"] > 0 and result["train_fraction_of_matmul"] > 0
+  assert report["speedups"] == []
+  assert set(report["litert"]["latency_ms_by_threads"]) == {"1", "2"}
+  assert min(report["litert"]["latency_ms_by_threads"].values()) > 0
+
+
+def test_peers_run_in_their_own_processes():
+  spec = {"model": "mobilenet_v1", "options": {"alpha": 0.25}, "batch": 2, "resolution": 64,
+          "repeats": 1}
+  results = [bench.run_in_subprocess(dict(spec, framework=framework))
+             for framework in ("pytorch", "keras")]
+  for result in results:
+    _check_figures(result)
+  assert results[0]["model_name"] == "pytorchcv mobilenet_wd4"
+  ours = dict(results[0], framework="jax", lowering="fast")
+  (speedup,) = [s for s in bench.speedups([ours, results[1]])]
+  assert speedup["peer"] == "keras-tf MobileNet" and speedup["train"] > 0
+
+
+@pytest.mark.parametrize("model,options,expected", [
+    ("mobilenet_v1", {"alpha": 1.0}, "mobilenet_w1"),
+    ("mobilenet_v1", {"alpha": 0.25}, "mobilenet_wd4"),
+    ("shufflenet_v1", {"groups": 8, "scale": 1.0}, "shufflenet_g8_w1"),
+    ("shufflenet_v1", {"groups": 3, "scale": 0.5}, "shufflenet_g3_wd2"),
+])
+def test_pytorchcv_names(model, options, expected):
+  assert bench.pytorchcv_name(model, options) == expected
+
+
+@pytest.mark.parametrize("model,options", [
+    ("mobilenet_v1", {"alpha": 0.6}), ("shufflenet_v1", {"groups": 8, "scale": 0.5})])
+def test_configurations_pytorchcv_lacks_are_refused(model, options):
+  with pytest.raises(ValueError, match="pytorchcv has no"):
+    bench.pytorchcv_name(model, options)
+
+
+def test_table_shows_results_errors_ratios_and_the_input_pipeline():
+  figures = dict(train_images_per_s=10.0, infer_images_per_s=50.0, latency_ms=20.0,
+                 train_cpu_ms_per_image=150.0, infer_cpu_ms_per_image=30.0,
+                 compile_train_s=9.0, compile_infer_s=2.0,
+                 memory={"peak_rss_growth_bytes": 2**30})
+  ours = dict(figures, framework="jax", lowering="fast")
+  peer = dict(figures, framework="pytorch", model_name="pytorchcv mobilenet_w1",
+              train_images_per_s=5.0, train_cpu_ms_per_image=300.0)
+  for result in (ours, peer):
+    bench.add_flop_rates(result, 568_740_352, 200.0)
+  results = [ours, peer, {"framework": "keras", "error": "exit status 1: ImportError: keras"}]
+  report = {"config": {"model": "mobilenet_v1", "options": {"alpha": 1.0}, "batch": 32,
+                       "resolution": 224, "repeats": 5, "dtype": "float32",
+                       "malloc": "hugepages"},
+            "machine": {"backend": "cpu", "device": "cpu", "cpu_count": 2,
+                        "matmul_size": 4096, "matmul_gflops": 200.0},
+            "mult_adds_per_image": 568_740_352, "results": results,
+            "speedups": bench.speedups(results),
+            "input_pipeline": {"data": "digits", "images_per_s": 900.0,
+                               "images_per_cpu_s": 500.0}}
+  table = bench.format_report(report)
+  assert "ours (fast)" in table and "error: exit status 1: ImportError: keras" in table
+  assert "ours (fast) / pytorchcv mobilenet_w1: 2.00  1.00  1.00;  2.00  1.00" in table
+  assert "cores it needs to feed ours (fast) training: 0.02" in table
