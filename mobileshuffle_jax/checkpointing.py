@@ -83,6 +83,17 @@ class CheckpointStore:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
+  def saved_step(self, step: int | None = None) -> int:
+    """`step`, or the latest one when None; ValueError unless it is saved here."""
+    steps = self.all_steps()
+    if not steps:
+      raise ValueError(f"{self.directory} holds no checkpoint")
+    step = max(steps) if step is None else step
+    if step not in steps:
+      raise ValueError(f"step {step} is not saved in {self.directory}; saved steps: "
+                       f"{sorted(steps)}")
+    return step
+
   def save(self, step: int, *, variables, opt_state, meta: dict, config_json: dict,
            metrics: dict | None = None) -> None:
     items = dict(variables=ocp.args.StandardSave(variables),

@@ -81,13 +81,7 @@ def evaluate_checkpoint(workdir: str, config: ml_collections.ConfigDict | None =
   config = config if config is not None else load_workdir_config(workdir)
   store = checkpointing.CheckpointStore(workdir, read_only=True)
   try:
-    steps = store.all_steps()
-    if not steps:
-      raise ValueError(f"{store.directory} holds no checkpoint")
-    step = max(steps) if step is None else step
-    if step not in steps:
-      raise ValueError(f"--step={step} is not saved in {store.directory}; saved steps: "
-                       f"{sorted(steps)}")
+    step = store.saved_step(step)
     meta = store.restore_meta(step)
     model = model_config.build_model(config, meta["model_options"]["num_classes"])
     abstract = jax.eval_shape(

@@ -100,13 +100,7 @@ def _load_directory(workdir: str, step: int | None) -> Predictor:
   config = evaluation.load_workdir_config(workdir)
   store = checkpointing.CheckpointStore(workdir, read_only=True)
   try:
-    steps = store.all_steps()
-    if not steps:
-      raise ValueError(f"{store.directory} holds no checkpoint")
-    step = max(steps) if step is None else step
-    if step not in steps:
-      raise ValueError(f"step {step} is not saved in {store.directory}; saved steps: "
-                       f"{sorted(steps)}")
+    step = store.saved_step(step)
     meta = store.restore_meta(step)
     variables = checkpointing.evaluation_variables(store.restore_as_saved(step))
   finally:
