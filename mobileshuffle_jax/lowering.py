@@ -20,6 +20,10 @@ else to `lax.conv_general_dilated` unchanged:
   kernel entry. XLA:CPU's own convolution of 3 input channels, with the BN and ReLU it
   fuses after it, runs at a few GFLOP/s: a third of ShuffleNet's inference time.
 
+Each conv's output (and the depthwise input gradient) is computed once into a buffer that
+all its readers share (`_materialized`): left to itself XLA:CPU recomputes these
+multiply-adds inside every consumer.
+
 The parameter layout does not change, so parameters, checkpoints and gradients are the
 same under any lowering; only speed differs (tests/test_lowering.py checks equality).
 `conv_lowering(name, backend)` picks a lowering by name:
@@ -79,6 +83,19 @@ def _accumulation_dtype(dtype):
   return jnp.promote_types(dtype, jnp.float32)
 
 
+def _materialized(x):
+  """x, which XLA:CPU will compute once, into a buffer, whatever reads it.
+
+  XLA:CPU copies a fusion of cheap ops (the multiply-adds of these convs) into each of its
+  consumers, so the BN statistics, the normalization, the group slices of the next grouped
+  conv and the backward pass that read a conv's output would each redo all of its taps. A
+  float division is expensive to XLA, which never duplicates one. Dividing by 1 changes no
+  value (the divisor is 0 only where x is NaN, which stays NaN); subnormals flush to zero,
+  as in every arithmetic op of XLA:CPU.
+  """
+  return x / (x == x).astype(x.dtype)
+
+
 def _window(source, top: int, left: int, stride: int, out_height: int, out_width: int):
   """source[:, top + stride * o, left + stride * q] for every output position (o, q)."""
   batch, _, _, channels = source.shape
@@ -119,7 +136,7 @@ def _depthwise_fwd(x, kernel, stride, pads):
                           _output_size(x.shape[1], pads[0], kh, stride),
                           _output_size(x.shape[2], pads[1], kw, stride))
   # The padded input is what the kernel gradient reads, tap by tap.
-  return out.astype(x.dtype), (padded, kernel)
+  return _materialized(out.astype(x.dtype)), (padded, kernel)
 
 
 def _depthwise_bwd(stride, pads, residuals, grad):
@@ -129,7 +146,7 @@ def _depthwise_bwd(stride, pads, residuals, grad):
   in_size = (padded.shape[1] - sum(pads[0]), padded.shape[2] - sum(pads[1]))
   grad_x = _depthwise_input_grad(grad, kernel.astype(acc), stride, pads, in_size)
   grad_kernel = _depthwise_kernel_grad(padded.astype(acc), grad, kernel.shape, stride)
-  return grad_x.astype(padded.dtype), grad_kernel.astype(kernel.dtype)
+  return _materialized(grad_x.astype(padded.dtype)), grad_kernel.astype(kernel.dtype)
 
 
 depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
@@ -224,7 +241,7 @@ def _broadcast_conv_forward(x, kernel, stride, pads):
 
 def _broadcast_conv_fwd(x, kernel, stride, pads):
   out, padded, _ = _broadcast_conv_forward(x, kernel, stride, pads)
-  return out, (x, padded, kernel)
+  return _materialized(out), (x, padded, kernel)
 
 
 def _broadcast_conv_bwd(stride, pads, residuals, grad):

@@ -113,6 +113,54 @@ def test_bfloat16_depthwise_accumulates_in_float32():
   np.testing.assert_allclose(fast.astype(jnp.float32), exact, rtol=1e-2, atol=1e-2)
 
 
+def test_materialized_changes_no_value():
+  # Subnormals are left out: XLA:CPU flushes them to zero in every arithmetic op (x * 1 too).
+  special = jnp.array([0.0, -0.0, 1.5, -2.0, jnp.inf, -jnp.inf, jnp.nan, 1.2e-38, 3e38])
+  for dtype, bits in ((jnp.float32, np.uint32), (jnp.bfloat16, np.uint16)):
+    x = special.astype(dtype)
+    y = jax.jit(lowering._materialized)(x)
+    assert y.dtype == dtype
+    # Bit for bit: the sign of zero and NaN included.
+    np.testing.assert_array_equal(np.asarray(y).view(bits), np.asarray(x).view(bits))
+
+
+def _fusions_with_slices(compiled_text: str, at_least: int) -> int:
+  """How many fused computations of a compiled program hold at least `at_least` slices."""
+  bodies = compiled_text.split("\n\n")
+  return sum(1 for body in bodies
+             if not body.startswith("ENTRY") and body.count(" slice(") >= at_least)
+
+
+@pytest.mark.parametrize("conv,kernel_shape,stride", [
+    (lowering.depthwise_conv, (3, 3, 6), 1), (lowering.depthwise_conv, (3, 3, 6), 2),
+    (lowering.broadcast_conv, (3, 3, 3, 6), 2)], ids=["depthwise", "depthwise-s2", "stem"])
+def test_conv_taps_are_computed_once_for_all_consumers(conv, kernel_shape, stride):
+  """Four ops read the conv's output (as BN, an activation and the next layers do), and one
+  fused loop computes its taps; the same for the depthwise input gradient."""
+  in_channels = kernel_shape[2] if len(kernel_shape) == 4 else kernel_shape[-1]
+  taps = int(np.prod(kernel_shape[:-1])) if len(kernel_shape) == 4 else 9
+  x = _random(0, (2, 10, 10, in_channels))
+  kernel = _random(1, kernel_shape)
+
+  def consumers(x, kernel):
+    y = conv(x, kernel, stride, ((1, 1), (1, 1)))
+    return jnp.mean(y, axis=(0, 1, 2)), jnp.maximum(y, 0.0), y * 3.0, y[..., :2] - 1.0
+
+  forward = jax.jit(consumers).lower(x, kernel).compile().as_text()
+  assert _fusions_with_slices(forward, taps) == 1
+  if conv is lowering.depthwise_conv:
+    output = jax.eval_shape(consumers, x, kernel)[1]
+
+    def input_grad_consumers(x, kernel, cotangent):
+      grad = jax.vjp(lambda x: conv(x, kernel, stride, ((1, 1), (1, 1))), x)[1](cotangent)[0]
+      return jnp.sum(grad, axis=(0, 1, 2)), grad * 2.0, jnp.maximum(grad, 0.0)
+
+    backward = jax.jit(input_grad_consumers).lower(
+        x, kernel, _random(2, output.shape)).compile().as_text()
+    # stride 1: one window of the output gradient per tap; stride 2: the parity planes'.
+    assert _fusions_with_slices(backward, 4) == 1
+
+
 def test_conv_lowering_names():
   assert lowering.conv_lowering("xla") is None
   assert lowering.conv_lowering("fast") is lowering.fast_conv
