@@ -23,7 +23,10 @@ weight gradient) for a training step. It is set against the rate of a large floa
 matmul measured by JAX on the same machine, a practical ceiling.
 
 Every model is measured in its own subprocess, one after the other, so that thread pools,
-allocators and peak memory do not interfere. Peers always run in float32 (PyTorch NCHW,
+allocators and peak memory do not interfere. `--rounds N` measures every model N times in
+turn (ours, then each peer, then again): figures are medians over the rounds, and each ratio
+is the median of the ratios within each round, so that a change of load on a shared machine
+falls on both sides of most ratios instead of on one model. Peers always run in float32 (PyTorch NCHW,
 Keras NHWC) with each framework's default threading.
 
 Allocator: on Linux, `--malloc hugepages` (the default) starts every measured process,
@@ -67,6 +70,9 @@ PYTORCHCV_WIDTHS = {1.0: "w1", 0.75: "w3d4", 0.5: "wd2", 0.25: "wd4"}
 PYTORCHCV_SHUFFLENETS = frozenset(
     {"g1_w1", "g2_w1", "g3_w1", "g4_w1", "g8_w1", "g1_w3d4", "g3_w3d4", "g1_wd2", "g3_wd2",
      "g1_wd4", "g3_wd4"})
+# The timed figures of every measured model (each a median over its repeats).
+FIGURES = ("train_images_per_s", "infer_images_per_s", "latency_ms", "train_cpu_ms_per_image",
+           "infer_cpu_ms_per_image", "compile_train_s", "compile_infer_s")
 MALLOC_ENV = {"hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "system": {}}
 
 
@@ -401,6 +407,42 @@ def add_flop_rates(result: dict, mult_adds: int, matmul_gflops: float) -> None:
                 train_fraction_of_matmul=train / matmul_gflops)
 
 
+def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
+  """One result per measured model from `rounds` (each a list of results, models in order).
+
+  Figures are medians over the rounds, memory the largest of each figure; a model that failed
+  in any round is reported with its first error.
+  """
+  combined = []
+  for measurements in zip(*rounds):
+    errors = [m for m in measurements if "error" in m]
+    if errors:
+      combined.append(errors[0])
+      continue
+    result = dict(measurements[0], rounds=len(measurements))
+    for key in FIGURES:
+      result[key] = statistics.median(m[key] for m in measurements)
+    result["memory"] = {key: max(m["memory"][key] for m in measurements)
+                        for key in measurements[0]["memory"]}
+    combined.append(result)
+  return combined
+
+
+def median_speedups(rounds: list[list[dict]]) -> list[dict]:
+  """For every pair of models measured in every round, the median of each `speedups` ratio
+  over the rounds (each ratio taken within one round), and the ratios of each round."""
+  per_round = [{(pair["ours"], pair["peer"]): pair for pair in speedups(results)}
+               for results in rounds]
+  combined = []
+  for pair in speedups(combine_rounds(rounds)):
+    in_rounds = [pairs[pair["ours"], pair["peer"]] for pairs in per_round]
+    ratios = [key for key in pair if key not in ("ours", "peer")]
+    combined.append({"ours": pair["ours"], "peer": pair["peer"],
+                     **{key: statistics.median(p[key] for p in in_rounds) for key in ratios},
+                     "by_round": [{key: p[key] for key in ratios} for p in in_rounds]})
+  return combined
+
+
 def _label(result: dict) -> str:
   if result["framework"] == "jax":
     return f"ours ({result['lowering']})"
@@ -435,7 +477,8 @@ def format_report(report: dict) -> str:
   lines = [f"{config['model']} {config['options']} at {config['resolution']} px, batch "
            f"{config['batch']}, {config['dtype']}; {machine['backend']} "
            f"({machine['device']}, {machine['cpu_count']} CPUs); median of "
-           f"{config['repeats']}; malloc {config['malloc']}",
+           f"{config['repeats']} repeats, {config['rounds']} round(s); malloc "
+           f"{config['malloc']}",
            f"{report['mult_adds_per_image'] / 1e6:.1f} M mult-adds per image; float32 "
            f"{machine['matmul_size']}^2 matmul: {machine['matmul_gflops']:.0f} GFLOP/s"]
   header = ("model", "train img/s", "infer img/s", "batch-1 ms", "CPU ms/img train/infer",
@@ -495,6 +538,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="our compute dtype (peers run float32)")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="measure every model this many times in turn; medians over rounds")
   parser.add_argument("--peers", action="store_true",
                       help="also measure pytorchcv and (MobileNet) Keras on TensorFlow")
   parser.add_argument("--matmul-size", type=int, default=4096)
@@ -542,19 +587,23 @@ def main(argv=None) -> int:
     specs.append(dict(common, framework="pytorch"))
     if args.model == "mobilenet_v1":
       specs.append(dict(common, framework="keras"))
-  results = [run_in_subprocess(spec, args.malloc) for spec in specs]
+  if args.rounds < 1:
+    parser.error(f"--rounds={args.rounds} must be at least 1")
+  rounds = [[run_in_subprocess(spec, args.malloc) for spec in specs]
+            for _ in range(args.rounds)]
+  results = combine_rounds(rounds)
 
   device = jax.devices()[0]
   matmul_gflops = measure_matmul(args.matmul_size, args.repeats)
   for result in results:
     if "error" not in result:
       add_flop_rates(result, mult_adds, matmul_gflops)
-  report = {"config": dict(common, dtype=args.dtype, malloc=args.malloc),
+  report = {"config": dict(common, dtype=args.dtype, malloc=args.malloc, rounds=args.rounds),
             "machine": {"backend": device.platform, "device": device.device_kind,
                         "cpu_count": os.cpu_count(), "platform": platform.platform(),
                         "matmul_size": args.matmul_size, "matmul_gflops": matmul_gflops},
             "mult_adds_per_image": mult_adds, "results": results,
-            "speedups": speedups(results)}
+            "speedups": median_speedups(rounds)}
   if args.input_pipeline:
     report["input_pipeline"] = run_in_subprocess(
         {"framework": "input_pipeline", "data": args.input_pipeline,

@@ -7,13 +7,10 @@ import pytest
 from mobileshuffle_jax import bench
 
 TINY = ["--resolution", "64", "--batch", "2", "--repeats", "1", "--matmul-size", "64"]
-FIGURES = ("train_images_per_s", "infer_images_per_s", "latency_ms", "train_cpu_ms_per_image",
-           "infer_cpu_ms_per_image", "compile_train_s", "compile_infer_s")
-
 
 def _check_figures(result):
   assert "error" not in result, result.get("error")
-  for key in FIGURES:
+  for key in bench.FIGURES:
     assert result[key] > 0, key
   assert "peak_rss_growth_bytes" in result["memory"]
 
@@ -24,7 +21,7 @@ def test_json_report_of_our_model(capsys):
   report = json.loads(capsys.readouterr().out)
   assert report["config"] == {"model": "mobilenet_v1", "options": {"alpha": 0.25},
                               "batch": 2, "resolution": 64, "repeats": 1,
-                              "dtype": "float32", "malloc": "hugepages"}
+                              "dtype": "float32", "malloc": "hugepages", "rounds": 1}
   assert report["machine"]["matmul_gflops"] > 0
   assert report["mult_adds_per_image"] > 0
   (result,) = report["results"]
@@ -81,7 +78,7 @@ def test_table_shows_results_errors_ratios_and_the_input_pipeline():
   results = [ours, peer, {"framework": "keras", "error": "exit status 1: ImportError: keras"}]
   report = {"config": {"model": "mobilenet_v1", "options": {"alpha": 1.0}, "batch": 32,
                        "resolution": 224, "repeats": 5, "dtype": "float32",
-                       "malloc": "hugepages"},
+                       "malloc": "hugepages", "rounds": 1},
             "machine": {"backend": "cpu", "device": "cpu", "cpu_count": 2,
                         "matmul_size": 4096, "matmul_gflops": 200.0},
             "mult_adds_per_image": 568_740_352, "results": results,
@@ -92,3 +89,42 @@ def test_table_shows_results_errors_ratios_and_the_input_pipeline():
   assert "ours (fast)" in table and "error: exit status 1: ImportError: keras" in table
   assert "ours (fast) / pytorchcv mobilenet_w1: 2.00  1.00  1.00;  2.00  1.00" in table
   assert "cores it needs to feed ours (fast) training: 0.02" in table
+
+
+def _result(framework, train, infer, latency=10.0, **extra):
+  return dict(framework=framework, train_images_per_s=train, infer_images_per_s=infer,
+              latency_ms=latency, train_cpu_ms_per_image=1000 / train,
+              infer_cpu_ms_per_image=1000 / infer, compile_train_s=1.0, compile_infer_s=1.0,
+              memory={"peak_rss_growth_bytes": 2**20 * train}, **extra)
+
+
+def test_rounds_give_medians_and_ratios_taken_within_each_round():
+  # The load changes between rounds: every model is half as fast in the second round.
+  rounds = [[_result("jax", 12, 100, lowering="fast"), _result("pytorch", 10, 50)],
+            [_result("jax", 6, 50, lowering="fast"), _result("pytorch", 5, 25)],
+            [_result("jax", 14, 90, lowering="fast"), _result("pytorch", 10, 60)]]
+  ours, peer = bench.combine_rounds(rounds)
+  assert (ours["train_images_per_s"], ours["infer_images_per_s"]) == (12, 90)
+  assert (peer["train_images_per_s"], peer["infer_images_per_s"]) == (10, 50)
+  assert ours["rounds"] == 3 and ours["memory"]["peak_rss_growth_bytes"] == 14 * 2**20
+  (pair,) = bench.median_speedups(rounds)
+  assert (pair["ours"], pair["peer"]) == ("ours (fast)", "pytorch")
+  # Ratios per round: train 1.2, 1.2, 1.4; infer 2.0, 2.0, 1.5.
+  assert pair["train"] == pytest.approx(1.2) and pair["infer"] == pytest.approx(2.0)
+  assert pair["latency"] == pytest.approx(1.0)
+  assert [r["train"] for r in pair["by_round"]] == pytest.approx([1.2, 1.2, 1.4])
+
+
+def test_a_model_that_failed_in_any_round_reports_its_error_and_no_ratio():
+  rounds = [[_result("jax", 12, 100, lowering="fast"), _result("keras", 10, 50)],
+            [_result("jax", 12, 100, lowering="fast"),
+             {"framework": "keras", "error": "timed out after 60 s"}]]
+  ours, keras = bench.combine_rounds(rounds)
+  assert "error" not in ours and keras["error"] == "timed out after 60 s"
+  assert bench.median_speedups(rounds) == []
+
+
+def test_rounds_must_be_positive(capsys):
+  with pytest.raises(SystemExit):
+    bench.main(["--rounds", "0", *TINY])
+  assert "--rounds=0 must be at least 1" in capsys.readouterr().err
