@@ -158,7 +158,11 @@ def test_int8_and_dynamic_exports_keep_accuracy(trained, tmp_path, capsys):
   assert float_result["top1_agreement"] == 1.0
   assert float_result["max_relative_logit_difference"] <= TOLERANCE
   for quantize in ("dynamic", "int8"):
-    assert abs(results[quantize]["top1_tflite"] - float_result["top1_tflite"]) <= 0.01
+    # Quantization loses at most 1 point of top-1. On 360 images it may as well gain one by
+    # chance (a few images either way), so the bound is one-sided; agreement with the JAX
+    # model bounds how far its predictions move at all.
+    assert float_result["top1_tflite"] - results[quantize]["top1_tflite"] <= 0.01
+    assert results[quantize]["top1_agreement"] >= 0.97
     assert results[quantize]["size_bytes"] < 0.4 * float_result["size_bytes"]
   assert tflite.op_names(open(tmp_path / "int8.tflite", "rb").read()).count("CONV_2D") == 14
   with open(tmp_path / "int8.tflite.json") as f:
