@@ -26,8 +26,8 @@ Every model is measured in its own subprocess, one after the other, so that thre
 allocators and peak memory do not interfere. `--rounds N` measures every model N times in
 turn (ours, then each peer, then again): figures are medians over the rounds, and each ratio
 is the median of the ratios within each round, so that a change of load on a shared machine
-falls on both sides of most ratios instead of on one model. Peers always run in float32 (PyTorch NCHW,
-Keras NHWC) with each framework's default threading.
+falls on both sides of most ratios instead of on one model. Peers always run in float32
+(PyTorch NCHW, Keras NHWC) with each framework's default threading.
 
 Allocator: on Linux, `--malloc hugepages` (the default) starts every measured process,
 ours and peers alike, with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, so that glibc backs

@@ -75,8 +75,8 @@ def export_checkpoint(workdir: str, out: str, *, file_format: str = "safetensors
   predictor exported.
 
   `workdir`: anything `mobileshuffle_jax.load` reads. `batch` fixes the batch dimension of
-  a `jax` export (default: any) or of a `tflite` one (default 1). `tflite_options`:
-  `tflite.write_tflite`'s keyword arguments. Every refusal is a ValueError; those of the
+  a `jax` export (default: any) or of a `tflite` one (default 1). `tflite_options`: the
+  other fields of `tflite.Options`. Every refusal is a ValueError; those of the
   options come before the checkpoint is read, and nothing is written unless all succeeds.
   """
   if file_format not in FORMATS:
@@ -90,11 +90,7 @@ def export_checkpoint(workdir: str, out: str, *, file_format: str = "safetensors
     raise ValueError(f"{', '.join(sorted(tflite_options))}: options of --format tflite only")
   if file_format == "tflite":
     from mobileshuffle_jax.export import tflite  # pylint: disable=g-import-not-at-top
-    tflite.check_options(
-        quantize=tflite_options.get("quantize", "none"), batch=batch or 1,
-        resolution=tflite_options.get("resolution"),
-        calibration_images=tflite_options.get("calibration_count",
-                                              tflite.DEFAULT_CALIBRATION_IMAGES))
+    options = tflite.Options(batch=batch or 1, **tflite_options)
   existing = [path for path in output_paths(out, file_format) if os.path.lexists(path)]
   if existing:
     raise ValueError(f"{existing[0]} exists; choose a new --out (nothing was written)")
@@ -107,7 +103,7 @@ def export_checkpoint(workdir: str, out: str, *, file_format: str = "safetensors
   elif file_format == "jax":
     write_jax(predictor, out, batch=batch)
   else:
-    tflite.write_tflite(predictor, out, batch=batch or 1, **tflite_options)
+    tflite.write_tflite(predictor, out, options)
   return predictor
 
 

@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def tflite_options(args: argparse.Namespace) -> dict:
-  """The --format tflite options given on the command line, as `write_tflite` arguments."""
+  """The --format tflite options given on the command line, as `tflite.Options` fields."""
   given = {"quantize": args.quantize, "calibration_data": args.calibration_data,
            "calibration_count": args.calibration_images, "resolution": args.resolution,
            "in_graph_preprocessing": False if args.no_preprocessing else None}

@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import jax
 import numpy as np
 
-from mobileshuffle_jax import export, predict, preprocessing
+from mobileshuffle_jax import bench, export, predict, preprocessing
 from mobileshuffle_jax.export import tflite
 
 DEFAULT_THREADS = (1, 2)
@@ -70,14 +68,7 @@ def invoke(runner, images: np.ndarray) -> np.ndarray:
 def latency_ms(runner, images: np.ndarray, repeats: int) -> float:
   """Median milliseconds of one invocation on `images`, after `WARMUP` invocations."""
   runner.set_tensor(runner.get_input_details()[0]["index"], images)
-  for _ in range(WARMUP):
-    runner.invoke()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    runner.invoke()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times) * 1e3
+  return bench.measure(runner.invoke, repeats, warmup=WARMUP).wall_s * 1e3
 
 
 def check(path: str, workdir: str, *, split: str | None = None, max_examples: int | None = None,

@@ -30,6 +30,7 @@ temporary name and renamed, so a failed export leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Callable, Iterator
@@ -52,19 +53,30 @@ class ConversionError(ValueError):
   """The model cannot be expressed with TFLite's built-in ops (the converter's reason)."""
 
 
-def check_options(*, quantize: str, batch: int, resolution: int | None,
-                  calibration_images: int) -> None:
-  """Option mistakes, raised before any file or checkpoint is read."""
-  if quantize not in QUANTIZATIONS:
-    raise ValueError(f"--quantize={quantize!r} is not supported; allowed values: "
-                     f"{', '.join(QUANTIZATIONS)}")
-  if batch < 1:
-    raise ValueError(f"--batch={batch} must be positive (TFLite files have a fixed batch)")
-  if resolution is not None and resolution < 32:
-    raise ValueError(f"--resolution={resolution} must be at least 32 (both networks "
-                     "downsample by 32)")
-  if calibration_images < 1:
-    raise ValueError(f"--calibration-images={calibration_images} must be positive")
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What `--format tflite` takes (see the module docstring), checked when made: option
+  mistakes are refused before any file or checkpoint is read."""
+
+  quantize: str = "none"
+  batch: int = 1
+  resolution: int | None = None  # None: the checkpoint's image size
+  in_graph_preprocessing: bool = True
+  calibration_data: str = DEFAULT_CALIBRATION_DATA
+  calibration_count: int = DEFAULT_CALIBRATION_IMAGES
+
+  def __post_init__(self):
+    if self.quantize not in QUANTIZATIONS:
+      raise ValueError(f"--quantize={self.quantize!r} is not supported; allowed values: "
+                       f"{', '.join(QUANTIZATIONS)}")
+    if self.batch < 1:
+      raise ValueError(f"--batch={self.batch} must be positive (TFLite files have a fixed "
+                       "batch)")
+    if self.resolution is not None and self.resolution < 32:
+      raise ValueError(f"--resolution={self.resolution} must be at least 32 (both networks "
+                       "downsample by 32)")
+    if self.calibration_count < 1:
+      raise ValueError(f"--calibration-images={self.calibration_count} must be positive")
 
 
 def inference_function(predictor: predict.Predictor, *,
@@ -90,7 +102,8 @@ def convert_function(function: Callable, input_shape: tuple[int, ...], *,
 
   Raises ConversionError when an op has no built-in TFLite counterpart.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (hidden from GPUs by input_pipeline)
+  # Importing input_pipeline (above) has already hidden GPUs from TensorFlow.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
 
   if quantize == "int8" and representative_images is None:
@@ -232,31 +245,30 @@ def sidecar(predictor: predict.Predictor, *, batch: int, resolution: int, quanti
       tensorflow_version=tf.__version__)
 
 
-def write_tflite(predictor: predict.Predictor, path: str, *, quantize: str = "none", batch: int = 1, resolution: int | None = None,
-                 in_graph_preprocessing: bool = True,
-                 calibration_data: str = DEFAULT_CALIBRATION_DATA,
-                 calibration_count: int = DEFAULT_CALIBRATION_IMAGES) -> None:
+def write_tflite(predictor: predict.Predictor, path: str, options: Options = Options()
+                 ) -> None:
   """`predictor` converted to `path` (and `path + '.json'`); nothing written on failure."""
   from mobileshuffle_jax import export  # pylint: disable=g-import-not-at-top
 
-  check_options(quantize=quantize, batch=batch, resolution=resolution,
-                calibration_images=calibration_count)
-  resolution = resolution or predictor.image_size
-  normalization = None if in_graph_preprocessing else predictor.preprocessing["normalization"]
+  resolution = options.resolution or predictor.image_size
+  normalization = (None if options.in_graph_preprocessing
+                   else predictor.preprocessing["normalization"])
   representative, calibration = None, None
-  if quantize == "int8":
+  if options.quantize == "int8":
     representative = calibration_images(
-        predictor.config, data=calibration_data, count=calibration_count, resolution=resolution,
-        batch=batch, normalization=normalization)
-    calibration = {"data": calibration_data,
+        predictor.config, data=options.calibration_data, count=options.calibration_count,
+        resolution=resolution, batch=options.batch, normalization=normalization)
+    calibration = {"data": options.calibration_data,
                    "images": sum(len(images) for images in representative()),
                    "preprocessing": "evaluation (centre crop, resize)"}
   flatbuffer = convert_function(
-      inference_function(predictor, in_graph_preprocessing=in_graph_preprocessing),
-      (batch, resolution, resolution, predictor.model.input_channels), quantize=quantize,
-      representative_images=representative)
-  record = sidecar(predictor, batch=batch, resolution=resolution, quantize=quantize,
-                   in_graph_preprocessing=in_graph_preprocessing, calibration=calibration)
+      inference_function(predictor, in_graph_preprocessing=options.in_graph_preprocessing),
+      (options.batch, resolution, resolution, predictor.model.input_channels),
+      quantize=options.quantize, representative_images=representative)
+  record = sidecar(predictor, batch=options.batch, resolution=resolution,
+                   quantize=options.quantize,
+                   in_graph_preprocessing=options.in_graph_preprocessing,
+                   calibration=calibration)
   with export.staged(path) as blob_staging, \
        export.staged(path + export.SIDECAR_SUFFIX) as sidecar_staging:
     with open(sidecar_staging, "w") as f:
