@@ -65,7 +65,12 @@ def _size(tree) -> int:
 
 
 def count(model: nn.Module, resolution: int | tuple[int, int]) -> Complexity:
-  """Mult-adds (per image) and trainable parameters of `model` at `resolution`."""
+  """Mult-adds (per image) and trainable parameters of `model` at `resolution`.
+
+  Counted on the model's canonical form (XLA's convs, every conv an `nn.Conv`): a faster
+  lowering computes the same convs with the same variables.
+  """
+  model = model.clone(conv_lowering=None)
   height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
   images = jax.ShapeDtypeStruct((1, height, width, model.input_channels), jnp.float32)
   layers = []

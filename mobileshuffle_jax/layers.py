@@ -4,6 +4,8 @@ Every convolution is a plain `nn.Conv`: depthwise is `feature_group_count == cha
 a pointwise group convolution is a 1x1 conv with `feature_group_count == groups`. The
 parameter layout is therefore always flax's `(kh, kw, in // groups, out)`; a faster
 lowering for a backend swaps only the `conv_general_dilated` function the conv calls.
+The one exception, `GroupBlocksConv`, declares the very variable `nn.Conv` would: it
+computes a pointwise group conv on inputs already split by group (see `ShuffleUnit`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from mobileshuffle_jax import lowering
 
 ModuleDef = Any
 Activation = Callable[[jnp.ndarray], jnp.ndarray]
@@ -127,6 +131,59 @@ class DepthwiseSeparable(nn.Module):
     return layer(self.features, 1, name="pointwise")(x)
 
 
+class GroupBlocksConv(nn.Module):
+  """A 1x1 conv with `len(blocks)` groups, on its input split into one block per group.
+
+  Group k's output channels depend on block k alone, so each is one matrix product and
+  the result is again one block per group, with no slicing or concatenation of the
+  activations around the products. The variable is the `kernel` (1, 1, in // groups,
+  out) an `nn.Conv` with `feature_group_count=groups` declares at the same path, with the
+  same initializer: the two are interchangeable, parameters, checkpoints and all.
+  """
+
+  features: int
+  kernel_init: Callable
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, blocks: tuple[jnp.ndarray, ...]) -> tuple[jnp.ndarray, ...]:
+    groups, in_per_group = len(blocks), blocks[0].shape[-1]
+    if any(block.shape[-1] != in_per_group for block in blocks) or self.features % groups:
+      raise ValueError(f"GroupBlocksConv: {groups} groups need input blocks of one width "
+                       f"(got {[block.shape[-1] for block in blocks]}) and features="
+                       f"{self.features} divisible by {groups}")
+    kernel = self.param("kernel", self.kernel_init, (1, 1, in_per_group, self.features),
+                        self.param_dtype)
+    weights = kernel.reshape(in_per_group, groups, self.features // groups).astype(self.dtype)
+    return tuple(lowering.pointwise_conv(block.astype(self.dtype), weights[:, k], 1)
+                 for k, block in enumerate(blocks))
+
+
+class GroupBlocksConvBN(nn.Module):
+  """`ConvBN` of a 1x1 group conv on blocks (see `GroupBlocksConv`), with its variables."""
+
+  features: int
+  block_conv: ModuleDef
+  norm: ModuleDef
+  activation: Activation | None = None
+
+  @nn.compact
+  def __call__(self, blocks: tuple[jnp.ndarray, ...]) -> tuple[jnp.ndarray, ...]:
+    blocks = self.norm(name="bn")(self.block_conv(self.features, name="conv")(blocks))
+    return blocks if self.activation is None else tuple(map(self.activation, blocks))
+
+
+def _joined(x: jnp.ndarray | tuple[jnp.ndarray, ...]) -> jnp.ndarray:
+  return jnp.concatenate(x, axis=-1) if isinstance(x, tuple) else x
+
+
+def _split(x: jnp.ndarray | tuple[jnp.ndarray, ...], groups: int) -> tuple[jnp.ndarray, ...]:
+  if isinstance(x, tuple) and len(x) == groups:
+    return x
+  return tuple(jnp.split(_joined(x), groups, axis=-1))
+
+
 # Where the stride-2 unit puts its pooled shortcut in the concat. The paper leaves it
 # open; pytorchcv puts the main branch first, the authors' release the shortcut first.
 CONCAT_ORDERS = ("main_first", "shortcut_first")
@@ -142,6 +199,13 @@ class ShuffleUnit(nn.Module):
   with no ReLU after the depthwise conv and a bottleneck of out_channels / 4. Stride 1 adds
   the identity; stride 2 concatenates a 3x3 stride-2 average pool of the input, so its main
   branch produces out_channels - in_channels. ReLU after the merge.
+
+  With a `block_conv` (a `GroupBlocksConv` partial) the unit computes the same with the
+  same variables, carrying its input and output as a tuple of `groups` channel blocks:
+  the expand conv's group k and the next unit's compress group k cover the same channels,
+  so each group's products, BN and residual addition run on its own block, and channels
+  are only joined by the shuffle and at stride-2 units. The input may be an array or
+  such a tuple either way; the output is a tuple exactly when `block_conv` is set.
   """
 
   out_channels: int
@@ -154,10 +218,11 @@ class ShuffleUnit(nn.Module):
   padding: str = "same"
   concat_order: str = "main_first"
   shuffle_order: str = "paper"
+  block_conv: ModuleDef | None = None
 
   @nn.compact
   def __call__(self, x):
-    in_channels = x.shape[-1]
+    in_channels = sum(block.shape[-1] for block in x) if isinstance(x, tuple) else x.shape[-1]
     bottleneck = self.out_channels // 4
     if self.strides == 1:
       if in_channels != self.out_channels:
@@ -168,19 +233,39 @@ class ShuffleUnit(nn.Module):
       branch_channels = self.out_channels - in_channels
     layer = functools.partial(ConvBN, conv=self.conv, norm=self.norm, padding=self.padding)
     compress_groups = self.groups if self.compress_groups is None else self.compress_groups
+    blocks = self.block_conv is not None
 
-    y = layer(bottleneck, 1, groups=compress_groups, activation=nn.relu, name="compress")(x)
+    if blocks and compress_groups > 1:
+      y = GroupBlocksConvBN(bottleneck, block_conv=self.block_conv, norm=self.norm,
+                            activation=nn.relu, name="compress")(_split(x, compress_groups))
+    else:
+      y = layer(bottleneck, 1, groups=compress_groups, activation=nn.relu,
+                name="compress")(_joined(x))
     if self.shuffle and self.groups > 1:
-      shuffle = channel_shuffle if self.shuffle_order == "paper" else inverse_channel_shuffle
-      y = shuffle(y, self.groups)
-    y = layer(bottleneck, 3, strides=self.strides, groups=bottleneck, name="depthwise")(y)
-    y = layer(branch_channels, 1, groups=self.groups, name="expand")(y)
+      if isinstance(y, tuple) and self.shuffle_order == "paper":
+        # channel_shuffle of the joined blocks, as one interleaving copy.
+        y = jnp.stack(y, axis=-1).reshape(*y[0].shape[:-1], bottleneck)
+      else:
+        shuffle = channel_shuffle if self.shuffle_order == "paper" else inverse_channel_shuffle
+        y = shuffle(_joined(y), self.groups)
+    y = layer(bottleneck, 3, strides=self.strides, groups=bottleneck,
+              name="depthwise")(_joined(y))
+    if blocks:
+      y = GroupBlocksConvBN(branch_channels, block_conv=self.block_conv, norm=self.norm,
+                            name="expand")(_split(y, self.groups))
+    else:
+      y = layer(branch_channels, 1, groups=self.groups, name="expand")(y)
 
     if self.strides == 1:
-      return nn.relu(x + y)
-    shortcut = pool(x, "avg", self.padding)
-    parts = (y, shortcut) if self.concat_order == "main_first" else (shortcut, y)
-    return nn.relu(jnp.concatenate(parts, axis=-1))
+      if blocks:
+        return tuple(nn.relu(a + b) for a, b in zip(_split(x, self.groups), y))
+      return nn.relu(_joined(x) + y)
+    shortcut = pool(_joined(x), "avg", self.padding)
+    parts = (_joined(y), shortcut)
+    if self.concat_order == "shortcut_first":
+      parts = parts[::-1]
+    out = nn.relu(jnp.concatenate(parts, axis=-1))
+    return _split(out, self.groups) if blocks else out
 
 
 def check_images(x: jnp.ndarray, input_channels: int, min_size: int) -> None:

@@ -24,6 +24,11 @@ Each conv's output (and the depthwise input gradient) is computed once into a bu
 all its readers share (`_materialized`): left to itself XLA:CPU recomputes these
 multiply-adds inside every consumer.
 
+Under `fast_conv` a model also keeps the activations between grouped 1x1 convs split by
+group (`runs_group_blocks`; ShuffleNet's units, `layers.GroupBlocksConv`): each group's
+product reads and writes its own array, where a grouped conv of one array slices its
+input into copies and concatenates the products into another.
+
 The parameter layout does not change, so parameters, checkpoints and gradients are the
 same under any lowering; only speed differs (tests/test_lowering.py checks equality).
 `conv_lowering(name, backend)` picks a lowering by name:
@@ -358,6 +363,15 @@ def _auto_conv(lhs, rhs, *args, **kwargs):
   """'auto' resolved when a conv is traced, for the default backend of that moment."""
   conv = conv_lowering("auto", jax.default_backend()) or lax.conv_general_dilated
   return conv(lhs, rhs, *args, **kwargs)
+
+
+def runs_group_blocks(conv: Callable | None) -> bool:
+  """Whether a model whose convs run `conv` should keep activations split by group
+  between grouped 1x1 convs (see the module docstring): under `fast_conv`, whose grouped
+  products are one per group anyway. Decided for 'auto' when the model is traced."""
+  if conv is _auto_conv:
+    conv = conv_lowering("auto", jax.default_backend())
+  return conv is fast_conv
 
 
 def conv_lowering(name: str, backend: str | None = None) -> Callable | None:

@@ -1,7 +1,9 @@
-"""BatchNorm over the whole batch equals flax's; over groups, each group's own statistics."""
+"""BatchNorm over the whole batch equals flax's; over groups, each group's own statistics;
+on channel blocks, the joined array's; its training gradients, autodiff's of the formulas."""
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -54,3 +56,72 @@ def test_group_size_must_divide_the_batch():
   module = norm.BatchNorm(use_running_average=False, group_size=4)
   with pytest.raises(ValueError, match="bn_group_size"):
     module.init(jax.random.key(0), np.zeros((6, 2, 2, 3), np.float32))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_blocks_are_normalized_as_the_joined_array(train):
+  """A tuple of channel blocks (any widths) gives the joined array's outputs and statistics,
+  with the same variables."""
+  x = np.random.default_rng(0).normal(1.0, 2.0, (6, 3, 3, 9)).astype(np.float32)
+  blocks = (x[..., :2], x[..., 2:7], x[..., 7:])
+  module = norm.BatchNorm(use_running_average=not train, momentum=0.8, group_size=3)
+  variables = module.init(jax.random.key(0), x)
+  rng = np.random.default_rng(1)
+  variables = jax.tree.map(lambda v: v + rng.uniform(0.1, 1.0, v.shape).astype(np.float32),
+                           variables)
+  assert jax.tree.structure(module.init(jax.random.key(0), blocks)) == jax.tree.structure(
+      variables)
+  y_joined, stats_joined = run(module, variables, x, train)
+  y_blocks, stats_blocks = run(module, variables, blocks, train)
+  assert [block.shape for block in y_blocks] == [block.shape for block in blocks]
+  np.testing.assert_allclose(np.concatenate(y_blocks, axis=-1), y_joined, rtol=1e-6,
+                             atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), stats_blocks,
+               stats_joined)
+
+
+def textbook_normalization(grouped, scale, bias, epsilon):
+  """`normalize_with_batch_statistics` as formulas for autodiff."""
+  mean = jnp.mean(grouped, axis=(1, 2, 3), keepdims=True)
+  var = jnp.mean(jnp.square(grouped - mean), axis=(1, 2, 3), keepdims=True)
+  return (grouped - mean) / jnp.sqrt(var + epsilon) * scale + bias, mean, var
+
+
+def test_training_gradients_are_those_of_the_formulas():
+  """The hand-written backward pass equals autodiff of the textbook formulas in float64,
+  for every input and through all three outputs (the statistics feed the running
+  averages), with two groups of examples whose statistics differ."""
+  rng = np.random.default_rng(0)
+  grouped = rng.normal(0.0, 1.0, (2, 3, 4, 5, 6))
+  grouped[1] = grouped[1] * 3.0 + 2.0
+  scale, bias = rng.uniform(0.5, 2.0, 6), rng.normal(0.0, 1.0, 6)
+  with jax.enable_x64(True):
+    outputs = textbook_normalization(grouped, scale, bias, 1e-3)
+    weights = [rng.normal(0.0, 1.0, output.shape) for output in outputs]
+
+    def loss(function):
+      return lambda *args: sum(jnp.sum(output * weight)
+                               for output, weight in zip(function(*args, 1e-3), weights))
+
+    ours = jax.grad(loss(norm.normalize_with_batch_statistics), (0, 1, 2))(
+        grouped, scale, bias)
+    expected = jax.grad(loss(textbook_normalization), (0, 1, 2))(grouped, scale, bias)
+    for output, reference in zip(norm.normalize_with_batch_statistics(
+        grouped, scale, bias, 1e-3), outputs):
+      np.testing.assert_allclose(output, reference, rtol=1e-12, atol=1e-12)
+  for name, grad, reference in zip(("x", "scale", "bias"), ours, expected):
+    np.testing.assert_allclose(grad, reference, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_bfloat16_activations_get_float32_statistics_and_bfloat16_gradients():
+  x = np.random.default_rng(0).normal(100.0, 1.0, (1, 4, 8, 8, 3))
+  grouped = jnp.asarray(x, jnp.bfloat16)
+  scale, bias = jnp.ones(3), jnp.zeros(3)
+  y, mean, var = norm.normalize_with_batch_statistics(grouped, scale, bias, 1e-3)
+  assert y.dtype == mean.dtype == var.dtype == jnp.float32
+  # A bfloat16 sum of 256 values near 100 would be off by whole units.
+  np.testing.assert_allclose(mean.ravel(), np.asarray(grouped, np.float64).mean((0, 1, 2, 3)),
+                             rtol=1e-6)
+  grad = jax.grad(lambda g: jnp.sum(
+      norm.normalize_with_batch_statistics(g, scale, bias, 1e-3)[0] ** 2))(grouped)
+  assert grad.dtype == jnp.bfloat16

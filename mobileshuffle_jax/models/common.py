@@ -8,11 +8,14 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mobileshuffle_jax import layers
+from mobileshuffle_jax import layers, lowering
 from mobileshuffle_jax.models import norm as norm_lib
 
 # A `lax.conv_general_dilated`-compatible function; None selects XLA's own convolution.
 ConvLowering = Callable[..., jnp.ndarray] | None
+
+# He initialization of every conv kernel, in flax's (kh, kw, in // groups, out) layout.
+CONV_KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def check_positive(name: str, value: float) -> None:
@@ -29,12 +32,20 @@ def conv_and_norm(*, train: bool, dtype: Any, bn_momentum: float, bn_epsilon: fl
   `norm.BatchNorm`).
   """
   conv = functools.partial(nn.Conv, dtype=dtype, param_dtype=jnp.float32,
-                           kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                           conv_general_dilated=conv_lowering)
+                           kernel_init=CONV_KERNEL_INIT, conv_general_dilated=conv_lowering)
   norm = functools.partial(norm_lib.BatchNorm, use_running_average=not train,
                            momentum=bn_momentum, epsilon=bn_epsilon, group_size=bn_group_size,
                            dtype=dtype, param_dtype=jnp.float32)
   return conv, norm
+
+
+def group_blocks_conv(conv_lowering: ConvLowering, dtype: Any):
+  """A `layers.GroupBlocksConv` partial where `conv_lowering` computes grouped 1x1 convs
+  faster one group's block at a time (see `lowering.runs_group_blocks`), else None."""
+  if not lowering.runs_group_blocks(conv_lowering):
+    return None
+  return functools.partial(layers.GroupBlocksConv, kernel_init=CONV_KERNEL_INIT, dtype=dtype,
+                           param_dtype=jnp.float32)
 
 
 def classify(x, *, num_classes: int, dropout_rate: float, train: bool, use_bias: bool = True):
