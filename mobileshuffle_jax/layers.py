@@ -204,7 +204,9 @@ class ShuffleUnit(nn.Module):
   same variables, carrying its input and output as a tuple of `groups` channel blocks:
   the expand conv's group k and the next unit's compress group k cover the same channels,
   so each group's products, BN and residual addition run on its own block, and channels
-  are only joined by the shuffle and at stride-2 units. The input may be an array or
+  are only joined by the shuffle and at stride-2 units. The output blocks are then
+  computed once for all their readers (`lowering.materialized`): XLA:CPU would recompute
+  each unit's residual sums inside the next units' own. The input may be an array or
   such a tuple either way; the output is a tuple exactly when `block_conv` is set.
   """
 
@@ -258,14 +260,15 @@ class ShuffleUnit(nn.Module):
 
     if self.strides == 1:
       if blocks:
-        return tuple(nn.relu(a + b) for a, b in zip(_split(x, self.groups), y))
+        return tuple(lowering.materialized(nn.relu(a + b))
+                     for a, b in zip(_split(x, self.groups), y))
       return nn.relu(_joined(x) + y)
     shortcut = pool(_joined(x), "avg", self.padding)
     parts = (_joined(y), shortcut)
     if self.concat_order == "shortcut_first":
       parts = parts[::-1]
     out = nn.relu(jnp.concatenate(parts, axis=-1))
-    return _split(out, self.groups) if blocks else out
+    return _split(lowering.materialized(out), self.groups) if blocks else out
 
 
 def check_images(x: jnp.ndarray, input_channels: int, min_size: int) -> None:

@@ -21,13 +21,14 @@ else to `lax.conv_general_dilated` unchanged:
   fuses after it, runs at a few GFLOP/s: a third of ShuffleNet's inference time.
 
 Each conv's output (and the depthwise input gradient) is computed once into a buffer that
-all its readers share (`_materialized`): left to itself XLA:CPU recomputes these
+all its readers share (`materialized`): left to itself XLA:CPU recomputes these
 multiply-adds inside every consumer.
 
 Under `fast_conv` a model also keeps the activations between grouped 1x1 convs split by
 group (`runs_group_blocks`; ShuffleNet's units, `layers.GroupBlocksConv`): each group's
 product reads and writes its own array, where a grouped conv of one array slices its
-input into copies and concatenates the products into another.
+input into copies and concatenates the products into another. Each unit's output is
+materialized too.
 
 The parameter layout does not change, so parameters, checkpoints and gradients are the
 same under any lowering; only speed differs (tests/test_lowering.py checks equality).
@@ -88,7 +89,7 @@ def _accumulation_dtype(dtype):
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def _materialized(x):
+def materialized(x):
   """x, which XLA:CPU will compute once, into a buffer, whatever reads it.
 
   XLA:CPU copies a fusion of cheap ops (the multiply-adds of these convs) into each of its
@@ -141,7 +142,7 @@ def _depthwise_fwd(x, kernel, stride, pads):
                           _output_size(x.shape[1], pads[0], kh, stride),
                           _output_size(x.shape[2], pads[1], kw, stride))
   # The padded input is what the kernel gradient reads, tap by tap.
-  return _materialized(out.astype(x.dtype)), (padded, kernel)
+  return materialized(out.astype(x.dtype)), (padded, kernel)
 
 
 def _depthwise_bwd(stride, pads, residuals, grad):
@@ -151,7 +152,7 @@ def _depthwise_bwd(stride, pads, residuals, grad):
   in_size = (padded.shape[1] - sum(pads[0]), padded.shape[2] - sum(pads[1]))
   grad_x = _depthwise_input_grad(grad, kernel.astype(acc), stride, pads, in_size)
   grad_kernel = _depthwise_kernel_grad(padded.astype(acc), grad, kernel.shape, stride)
-  return _materialized(grad_x.astype(padded.dtype)), grad_kernel.astype(kernel.dtype)
+  return materialized(grad_x.astype(padded.dtype)), grad_kernel.astype(kernel.dtype)
 
 
 depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
@@ -246,7 +247,7 @@ def _broadcast_conv_forward(x, kernel, stride, pads):
 
 def _broadcast_conv_fwd(x, kernel, stride, pads):
   out, padded, _ = _broadcast_conv_forward(x, kernel, stride, pads)
-  return _materialized(out), (x, padded, kernel)
+  return materialized(out), (x, padded, kernel)
 
 
 def _broadcast_conv_bwd(stride, pads, residuals, grad):

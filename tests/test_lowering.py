@@ -1,7 +1,9 @@
 """The fast conv lowering equals XLA's convolution: forward, input and kernel gradients."""
 
 import functools
+import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,8 @@ import optax
 import pytest
 from jax import lax
 
-from mobileshuffle_jax import lowering, models
+from mobileshuffle_jax import layers, lowering, models
+from mobileshuffle_jax.models import common
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # float32 results of differently ordered sums of the same products.
@@ -118,7 +121,7 @@ def test_materialized_changes_no_value():
   special = jnp.array([0.0, -0.0, 1.5, -2.0, jnp.inf, -jnp.inf, jnp.nan, 1.2e-38, 3e38])
   for dtype, bits in ((jnp.float32, np.uint32), (jnp.bfloat16, np.uint16)):
     x = special.astype(dtype)
-    y = jax.jit(lowering._materialized)(x)
+    y = jax.jit(lowering.materialized)(x)
     assert y.dtype == dtype
     # Bit for bit: the sign of zero and NaN included.
     np.testing.assert_array_equal(np.asarray(y).view(bits), np.asarray(x).view(bits))
@@ -159,6 +162,30 @@ def test_conv_taps_are_computed_once_for_all_consumers(conv, kernel_shape, strid
         x, kernel, _random(2, output.shape)).compile().as_text()
     # stride 1: one window of the output gradient per tap; stride 2: the parity planes'.
     assert _fusions_with_slices(backward, 4) == 1
+
+
+def test_shuffle_units_compute_each_residual_sum_once():
+  """In a stack of stride-1 units on group blocks, no fused loop adds the residuals of two
+  units: left to itself XLA:CPU recomputes each unit's output inside the next one's."""
+  conv, norm = common.conv_and_norm(train=False, dtype=jnp.float32, bn_momentum=0.9,
+                                    bn_epsilon=1e-3, conv_lowering=lowering.fast_conv)
+  unit = functools.partial(layers.ShuffleUnit, 24, 1, 3, conv=conv, norm=norm,
+                           block_conv=common.group_blocks_conv(lowering.fast_conv, jnp.float32))
+
+  class Stack(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      for index in range(3):
+        x = unit(name=f"unit{index}")(x)
+      return x
+
+  x = jax.ShapeDtypeStruct((2, 8, 8, 24), jnp.float32)
+  variables = jax.eval_shape(Stack().init, jax.random.key(0), x)
+  compiled = jax.jit(Stack().apply).lower(variables, x).compile().as_text()
+  fused = [body for body in compiled.split("\n\n") if not body.startswith("ENTRY")]
+  units_added = [set(re.findall(r'op_name="[^"]*/(unit\d)/add"', body)) for body in fused]
+  assert {"unit0", "unit1", "unit2"} <= set().union(*units_added)
+  assert max(len(units) for units in units_added) == 1
 
 
 def test_conv_lowering_names():
