@@ -128,15 +128,17 @@ def _normalize_bwd(epsilon, residuals, cotangents):
   grouped, mean, inverse_std, scale = residuals
   grad_y, grad_mean, grad_var = cotangents
   n = grouped.shape[1] * grouped.shape[2] * grouped.shape[3]
-  centered = grouped.astype(mean.dtype) - mean
+  # In terms of x, not x - mean: XLA would share x - mean with the forward pass and keep it
+  # as one more full-size array. Rounding is no worse than that of the forward variance.
+  x = grouped.astype(mean.dtype)
   grad_y = grad_y.astype(mean.dtype)
   sum_grad = jnp.sum(grad_y, axis=_STATISTICS_AXES, keepdims=True)
-  sum_grad_centered = jnp.sum(grad_y * centered, axis=_STATISTICS_AXES, keepdims=True)
+  sum_grad_centered = (jnp.sum(grad_y * x, axis=_STATISTICS_AXES, keepdims=True)
+                       - mean * sum_grad)
   gain = scale * inverse_std
-  grad_x = (gain * grad_y
-            + centered * ((2 * grad_var - gain * jnp.square(inverse_std) * sum_grad_centered)
-                          / n)
-            + (grad_mean - gain * sum_grad) / n)
+  x_coefficient = (2 * grad_var - gain * jnp.square(inverse_std) * sum_grad_centered) / n
+  grad_x = (gain * grad_y + x * x_coefficient
+            + ((grad_mean - gain * sum_grad) / n - mean * x_coefficient))
   channel_sums = (0, 1, 2, 3)
   return (grad_x.astype(grouped.dtype),
           jnp.sum(sum_grad_centered * inverse_std, axis=channel_sums).astype(scale.dtype),
