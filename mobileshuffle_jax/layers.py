@@ -174,14 +174,15 @@ class GroupBlocksConvBN(nn.Module):
     return blocks if self.activation is None else tuple(map(self.activation, blocks))
 
 
-def _joined(x: jnp.ndarray | tuple[jnp.ndarray, ...]) -> jnp.ndarray:
+def joined(x: jnp.ndarray | tuple[jnp.ndarray, ...]) -> jnp.ndarray:
+  """x, or the channel blocks x joined into one array."""
   return jnp.concatenate(x, axis=-1) if isinstance(x, tuple) else x
 
 
 def _split(x: jnp.ndarray | tuple[jnp.ndarray, ...], groups: int) -> tuple[jnp.ndarray, ...]:
   if isinstance(x, tuple) and len(x) == groups:
     return x
-  return tuple(jnp.split(_joined(x), groups, axis=-1))
+  return tuple(jnp.split(joined(x), groups, axis=-1))
 
 
 # Where the stride-2 unit puts its pooled shortcut in the concat. The paper leaves it
@@ -234,27 +235,28 @@ class ShuffleUnit(nn.Module):
     else:
       branch_channels = self.out_channels - in_channels
     layer = functools.partial(ConvBN, conv=self.conv, norm=self.norm, padding=self.padding)
+    block_layer = functools.partial(GroupBlocksConvBN, block_conv=self.block_conv,
+                                    norm=self.norm)
     compress_groups = self.groups if self.compress_groups is None else self.compress_groups
     blocks = self.block_conv is not None
 
     if blocks and compress_groups > 1:
-      y = GroupBlocksConvBN(bottleneck, block_conv=self.block_conv, norm=self.norm,
-                            activation=nn.relu, name="compress")(_split(x, compress_groups))
+      y = block_layer(bottleneck, activation=nn.relu, name="compress")(
+          _split(x, compress_groups))
     else:
       y = layer(bottleneck, 1, groups=compress_groups, activation=nn.relu,
-                name="compress")(_joined(x))
+                name="compress")(joined(x))
     if self.shuffle and self.groups > 1:
       if isinstance(y, tuple) and self.shuffle_order == "paper":
         # channel_shuffle of the joined blocks, as one interleaving copy.
         y = jnp.stack(y, axis=-1).reshape(*y[0].shape[:-1], bottleneck)
       else:
         shuffle = channel_shuffle if self.shuffle_order == "paper" else inverse_channel_shuffle
-        y = shuffle(_joined(y), self.groups)
+        y = shuffle(joined(y), self.groups)
     y = layer(bottleneck, 3, strides=self.strides, groups=bottleneck,
-              name="depthwise")(_joined(y))
+              name="depthwise")(joined(y))
     if blocks:
-      y = GroupBlocksConvBN(branch_channels, block_conv=self.block_conv, norm=self.norm,
-                            name="expand")(_split(y, self.groups))
+      y = block_layer(branch_channels, name="expand")(_split(y, self.groups))
     else:
       y = layer(branch_channels, 1, groups=self.groups, name="expand")(y)
 
@@ -262,9 +264,9 @@ class ShuffleUnit(nn.Module):
       if blocks:
         return tuple(lowering.materialized(nn.relu(a + b))
                      for a, b in zip(_split(x, self.groups), y))
-      return nn.relu(_joined(x) + y)
-    shortcut = pool(_joined(x), "avg", self.padding)
-    parts = (_joined(y), shortcut)
+      return nn.relu(joined(x) + y)
+    shortcut = pool(joined(x), "avg", self.padding)
+    parts = (joined(y), shortcut)
     if self.concat_order == "shortcut_first":
       parts = parts[::-1]
     out = nn.relu(jnp.concatenate(parts, axis=-1))

@@ -148,7 +148,5 @@ class ShuffleNetV1(nn.Module):
                              block_conv=common.group_blocks_conv(self.conv_lowering, self.dtype))
     for name, stride, channels, compress_groups in self.unit_specs():
       x = unit(channels, stride, compress_groups=compress_groups, name=name)(x)
-    if isinstance(x, tuple):
-      x = jnp.concatenate(x, axis=-1)
-    return common.classify(x, num_classes=self.num_classes, dropout_rate=self.dropout_rate,
+    return common.classify(layers.joined(x), num_classes=self.num_classes, dropout_rate=self.dropout_rate,
                            train=train, use_bias=self.classifier_bias)
