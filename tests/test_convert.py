@@ -307,9 +307,11 @@ def test_tf_slim_matches_keras(slim_checkpoint, images):
   assert converted.model_options["num_classes"] == 1000
   assert converted.preprocessing["image_size"] == 160
   assert_matches_init(converted)
-  # Index 0 of the 1001 slim classes is background; the converter drops it.
+  # Index 0 of the 1001 slim classes is background; the converter drops it, and says so.
   assert_same_logits(our_logits(converted, images), keras_logits(model, images)[:, 1:],
                      "tf-slim")
+  assert len(converted.notes) == 1
+  assert "dropped logit 0 (background) of the 1001-class head" in converted.notes[0]
 
 
 def test_tf_slim_options(slim_checkpoint, tmp_path):
@@ -317,6 +319,9 @@ def test_tf_slim_options(slim_checkpoint, tmp_path):
   default = convert.convert_tf_slim(prefix)
   kept = convert.convert_tf_slim(prefix, drop_background=False)
   assert kept.model_options["num_classes"] == 1001
+  assert kept.notes == ()
+  assert_same_tree(convert.convert_tf_slim(prefix, drop_background=True).variables,
+                   default.variables)
   np.testing.assert_array_equal(kept.variables["params"]["classifier"]["kernel"][:, 1:],
                                 default.variables["params"]["classifier"]["kernel"])
   raw = convert.convert_tf_slim(prefix, use_ema=False)
@@ -330,6 +335,44 @@ def test_tf_slim_options(slim_checkpoint, tmp_path):
       converted.variables["params"]).items() if path[-1] == "scale"]
   assert len(scales) == 27 and all(np.all(s == 1.0) for s in scales)
   assert_same_tree(converted.variables["batch_stats"], default.variables["batch_stats"])
+
+
+@pytest.fixture(scope="module")
+def slim_five_classes(slim_checkpoint, tmp_path_factory):
+  """The slim checkpoint fine-tuned to 5 classes: its head cut to the first 5 of the 1001
+  (a class's logit depends on its own classifier column only, so the Keras model's first 5
+  logits are the reference), saved under a `_128` prefix in a directory whose name carries
+  no resolution. Returns (Keras model, directory, prefix)."""
+  model, tensors, _ = slim_checkpoint
+  head = {name: value[..., :5] for name, value in tensors.items()
+          if name.startswith("MobilenetV1/Logits/")}
+  directory = tmp_path_factory.mktemp("finetuned")
+  prefix = write_tf_checkpoint(dict(tensors, **head),
+                               str(directory / "mobilenet_v1_0.5_128.ckpt"))
+  return model, str(directory), prefix
+
+
+def test_tf_slim_other_head_keeps_every_class(slim_five_classes, images):
+  """Only the releases' 1001-class head has a background logit 0 to drop."""
+  model, _, prefix = slim_five_classes
+  converted = convert.convert_tf_slim(prefix)
+  assert converted.model_options["num_classes"] == 5
+  assert converted.notes == ()
+  assert_same_logits(our_logits(converted, images), keras_logits(model, images)[:, :5],
+                     "tf-slim 5 classes")
+  assert_same_tree(convert.convert_tf_slim(prefix, drop_background=False).variables,
+                   converted.variables)
+  with pytest.raises(ConversionError, match=r"drop_background=True .*\(5,\).*5 classes"):
+    convert.convert_tf_slim(prefix, drop_background=True)
+
+
+def test_tf_slim_directory_resolution_from_its_checkpoint(slim_five_classes):
+  """A directory is read as the prefix its `checkpoint` file names, resolution included."""
+  _, directory, prefix = slim_five_classes
+  converted = convert.convert("tf-slim", directory)
+  assert converted.preprocessing["image_size"] == 128
+  assert_same_tree(converted.variables, convert.convert_tf_slim(prefix).variables)
+  assert convert.convert_tf_slim(directory, image_size=192).preprocessing["image_size"] == 192
 
 
 def test_tf_slim_bad_input(slim_checkpoint, keras_files, tmp_path):
@@ -600,6 +643,34 @@ def test_cli_refusals(keras_files, capsys):
   assert "--groups: not an option of source 'keras'" in capsys.readouterr().err
   with pytest.raises(SystemExit, match=r"error: alpha=0\.5 does not match"):
     cli.main(["keras", path, "--out", "unused", "--alpha", "0.5"])
+
+
+@pytest.mark.parametrize("source", ["keras", "tf-slim", "pytorchcv", "megvii"])
+def test_cli_unreadable_path(source, tmp_path, capsys):
+  """A missing path, or a directory that holds no checkpoint, is one line naming it and a
+  non-zero exit, with nothing written."""
+  from mobileshuffle_jax.convert import __main__ as cli
+
+  out = tmp_path / "out"
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  for path in (str(tmp_path / "missing_file"), str(empty)):
+    with pytest.raises(SystemExit) as exit_info:
+      cli.main([source, path, "--out", str(out)])
+    message = exit_info.value.code  # sys.exit(text) prints it and exits with status 1
+    assert isinstance(message, str) and message.startswith("error: ")
+    assert path in message and "\n" not in message
+  assert not out.exists()
+  assert capsys.readouterr().out == ""
+
+
+def test_cli_reports_dropped_background(slim_checkpoint, tmp_path, capsys):
+  from mobileshuffle_jax.convert import __main__ as cli
+
+  _, _, prefix = slim_checkpoint
+  cli.main(["tf-slim", prefix, "--out", str(tmp_path / "out")])
+  assert ("dropped logit 0 (background) of the 1001-class head: 1000 ImageNet classes"
+          in capsys.readouterr().out)
 
 
 def test_unknown_source_and_shuffle_order():

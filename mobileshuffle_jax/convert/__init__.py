@@ -6,7 +6,7 @@
 
 `images` prepared as `converted.preprocessing` says. Sources (`SOURCES`):
   keras      Keras applications MobileNet: Keras 2 .h5, Keras 3 .weights.h5 or .keras
-  tf-slim    TF-slim MobileNet v1 checkpoints (EMA weights, 1001 classes -> 1000)
+  tf-slim    TF-slim MobileNet v1 checkpoints (EMA weights; a 1001-class head -> 1000)
   pytorchcv  pytorchcv mobilenet_* / shufflenet_* state dicts
   megvii     the ShuffleNet authors' ShuffleNetV1 release (ShuffleNet-Series)
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from mobileshuffle_jax.convert import common
 from mobileshuffle_jax.convert.common import ConversionError, Converted
 from mobileshuffle_jax.convert.source_keras import convert_keras
 from mobileshuffle_jax.convert.source_megvii import convert_megvii
@@ -33,14 +34,21 @@ SOURCES: dict[str, Callable[..., Converted]] = {
     "pytorchcv": convert_pytorchcv,
     "megvii": convert_megvii,
 }
+# Sources whose path is one file; a TF-slim path is a checkpoint prefix or a directory,
+# which its converter resolves and checks.
+SINGLE_FILE_SOURCES = ("keras", "pytorchcv", "megvii")
 
 __all__ = ["ConversionError", "Converted", "SOURCES", "convert", "convert_keras",
            "convert_megvii", "convert_pytorchcv", "convert_tf_slim"]
 
 
 def convert(source: str, path: str, **options) -> Converted:
-  """`SOURCES[source](path, **options)`, with a clear error for an unknown source."""
+  """`SOURCES[source](path, **options)`, with a clear error for an unknown source and a
+  `ConversionError` naming a path that cannot be read (rather than each reader's own
+  exception: h5py's, torch's)."""
   if source not in SOURCES:
     raise ValueError(f"source={source!r} is not supported; allowed values: "
                      f"{', '.join(repr(s) for s in SOURCES)}")
+  if source in SINGLE_FILE_SOURCES:
+    common.require_readable_file(path)
   return SOURCES[source](path, **options)

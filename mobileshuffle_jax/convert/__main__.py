@@ -16,7 +16,7 @@ import inspect
 import sys
 
 from mobileshuffle_jax import checkpointing
-from mobileshuffle_jax.convert import SOURCES
+from mobileshuffle_jax.convert import SOURCES, convert
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
   parser.add_argument("--num-classes", type=int,
                       help="classes to expect; required for a Keras file without its top")
   parser.add_argument("--keep-background", action="store_true",
-                      help="tf-slim: keep logit 0 (background) of the 1001 classes")
+                      help="tf-slim: keep logit 0 (background) of a 1001-class head")
   parser.add_argument("--no-ema", action="store_true",
                       help="tf-slim: the raw weights, not their ExponentialMovingAverage")
   parser.add_argument("--image-size", type=int,
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.error(f"{', '.join(FLAGS[name] for name in refused)}: not an option of "
                  f"source {args.source!r}")
   try:
-    converted = converter(args.path, **options)
+    converted = convert(args.source, args.path, **options)
     checkpointing.write_converted(args.out, converted)
   except ValueError as error:  # ConversionError, or an --out that is not empty
     sys.exit(f"error: {error}")
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         f"  preprocessing {converted.preprocessing}")
   if converted.initialized:
     print(f"  not in the file, freshly initialised: {', '.join(converted.initialized)}")
+  for note in converted.notes:
+    print(f"  {note}")
 
 
 if __name__ == "__main__":

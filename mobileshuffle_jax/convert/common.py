@@ -48,7 +48,8 @@ class Converted:
   `preprocessing`: `normalization` ('imagenet' | 'minus_one_one' | 'none', applied to
   0..255 pixels), `channel_order` ('rgb' | 'bgr'), `image_size` and `eval_crop_ratio`.
   `initialized` names the variables the file does not hold (a Keras file without its
-  classifier), set by the model's own initializer instead.
+  classifier), set by the model's own initializer instead. `notes` are what the converter
+  changed beyond layouts (TF-slim's dropped background class), for the user to see.
   """
 
   model_name: str
@@ -57,6 +58,7 @@ class Converted:
   preprocessing: dict[str, Any]
   source: str
   initialized: tuple[str, ...] = ()
+  notes: tuple[str, ...] = ()
 
 
 def identity(x: np.ndarray) -> np.ndarray:
@@ -234,6 +236,16 @@ def preprocessing(normalization: str, channel_order: str, image_size: int) -> di
               image_size=image_size, eval_crop_ratio=EVAL_CROP_RATIO)
 
 
+def require_readable_file(path: str) -> None:
+  """Refuse a path that cannot be opened as a file (missing, a directory, no permission)
+  before a reader turns it into its own exception (h5py's, torch's)."""
+  try:
+    with open(path, "rb"):
+      pass
+  except OSError as error:
+    raise ConversionError(f"cannot read {path}: {error.strerror or error}") from error
+
+
 def read_torch_state_dict(path: str, description: str) -> dict[str, np.ndarray]:
   """A PyTorch state dict as numpy: a bare one or under 'state_dict', and without the
   `module.` prefix (nn.DataParallel) on every key."""
@@ -285,11 +297,12 @@ def initial_values(model_name: str, model_options: dict[str, Any], paths: Iterab
 
 def assemble(source: str, tensors: SourceTensors, table: list[Entry], *, model_name: str,
              model_options: dict[str, Any], preprocessing: dict[str, Any],
-             initialize: tuple[str, ...] = (), seed: int = 0) -> Converted:
+             initialize: tuple[str, ...] = (), seed: int = 0,
+             notes: tuple[str, ...] = ()) -> Converted:
   """Variables from `table` rows, checked tensor by tensor against the model's shapes.
 
   `initialize`: our paths the file has no tensor for, taken from the model's initializer
-  with `seed`.
+  with `seed`. `notes` go to `Converted.notes`.
   """
   missing = [entry.source for entry in table if entry.source not in tensors]
   if missing:
@@ -320,4 +333,5 @@ def assemble(source: str, tensors: SourceTensors, table: list[Entry], *, model_n
     flat.update(initial_values(model_name, model_options, initialize, seed))
   return Converted(model_name=model_name, model_options=dict(model_options),
                    variables=flax.traverse_util.unflatten_dict(flat, sep="/"),
-                   preprocessing=preprocessing, source=source, initialized=tuple(initialize))
+                   preprocessing=preprocessing, source=source, initialized=tuple(initialize),
+                   notes=tuple(notes))
