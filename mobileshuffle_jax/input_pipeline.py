@@ -115,11 +115,16 @@ def default_data_config() -> ml_collections.ConfigDict:
 def prepare(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   """Builds the data set into its tfds data_dir unless already there; returns its info.
 
+  An image folder's prepared copy is rebuilt when the folder's contents differ from those it
+  was prepared from (see `_drop_stale_image_folder_copy`).
+
   Raises DataError with instructions when the data cannot be had (unknown name, missing
-  ImageNet tars or image folder, a download that fails).
+  ImageNet tars or image folder, a download that fails, a folder with an empty class).
   """
   _check_config(data_config)
   builder = _builder(data_config)
+  if builder.name == "image_folder":
+    builder = _drop_stale_image_folder_copy(data_config, builder)
   if not builder.is_prepared():
     if builder.name == "imagenet2012":
       _check_imagenet_tars(data_config, builder)
@@ -332,6 +337,32 @@ def _builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise DataError(f"unknown dataset data.name={name!r}: expected 'digits', 'image_folder' or "
                     f"the name of a TFDS image-classification dataset.{hint}") from None
+
+
+def _drop_stale_image_folder_copy(data_config: ml_collections.ConfigDict,
+                                  builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  """`builder`, or an unprepared one after deleting a copy that no longer matches its folder.
+
+  The folder's fingerprint (a walk of its directories, no image opened) is checked on every
+  run, so new files, classes or a new validation/ are never silently ignored; an unchanged
+  folder keeps its copy. A layout that preparation would refuse is refused here first,
+  before anything is deleted.
+  """
+  root = builder.builder_config.root_dir
+  try:
+    current = datasets.image_folder.folder_contents(root)
+  except (OSError, ValueError) as error:
+    raise DataError(f"image folder {root!r} cannot be prepared: {error}") from error
+  if not builder.is_prepared():
+    return builder
+  recorded = dict(builder.info.metadata.items()).get(datasets.image_folder.CONTENTS_KEY)
+  if recorded is not None and recorded["sha256"] == current["sha256"]:
+    return builder
+  logging.warning("Image folder %s changed since it was prepared into %s (%s): deleting that "
+                  "copy and preparing it again", root, builder.data_dir,
+                  datasets.image_folder.describe_changes(recorded, current))
+  builder.data_path.rmtree()
+  return _builder(data_config)
 
 
 def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:

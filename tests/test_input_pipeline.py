@@ -3,15 +3,17 @@
 import collections
 import hashlib
 import logging
+import re
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn import datasets as sklearn_datasets
 
 from mobileshuffle_jax import input_pipeline
-from mobileshuffle_jax.datasets import digits
+from mobileshuffle_jax.datasets import digits, image_folder
 
 NUM_DIGITS = 1797
 
@@ -251,6 +253,140 @@ def test_each_image_folder_root_gets_its_own_prepared_copy(tmp_path):
     write_image_folder(tmp_path / name / "images")
     input_pipeline.prepare(folder_config(tmp_path / name / "images", tmp_path / "tfds"))
   assert len(list((tmp_path / "tfds" / "image_folder").iterdir())) == 2
+
+
+def write_jpeg(path, colour=(128, 128, 128)):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.new("RGB", (16, 16), colour).save(path, "JPEG", quality=95)
+
+
+def write_classes(root, counts):
+  """`count` grey JPEGs in each folder of `counts`, e.g. {'train/cat': 2}."""
+  for folder, count in counts.items():
+    for index in range(count):
+      write_jpeg(root / folder / f"{index}.jpg")
+
+
+def prepared_files(data_dir):
+  """(inode, mtime) of every file of the one prepared image-folder copy under data_dir."""
+  (version_dir,) = (data_dir / "image_folder").glob("*/1.0.0")
+  return {path.name: (path.stat().st_ino, path.stat().st_mtime_ns)
+          for path in version_dir.iterdir()}
+
+
+def rebuild_messages(caplog):
+  return [message for message in caplog.messages if "changed since it was prepared" in message]
+
+
+def test_image_folder_copy_is_rebuilt_when_the_folder_changes(tmp_path, caplog):
+  root, data_dir = tmp_path / "images", tmp_path / "tfds"
+  write_classes(root, {"train/cat": 2, "train/dog": 1})
+  config = folder_config(root, data_dir)
+  # tfds prepares the train split alone; the configured eval split is missing.
+  with pytest.raises(input_pipeline.DataError, match="no split validation"):
+    input_pipeline.prepare(config)
+
+  write_classes(root, {"validation/cat": 1, "validation/dog": 2})
+  with caplog.at_level(logging.WARNING):
+    info = input_pipeline.prepare(config)
+  assert (info.num_train_examples, info.num_eval_examples) == (3, 3)
+  (message,) = rebuild_messages(caplog)
+  assert "validation/ added (3 files)" in message and "preparing it again" in message
+
+  # Unchanged: the same copy, not a word.
+  before = prepared_files(data_dir)
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert input_pipeline.prepare(config) == info
+  assert prepared_files(data_dir) == before and not rebuild_messages(caplog)
+
+  write_jpeg(root / "train/dog/new.jpg")
+  write_classes(root, {"train/bird": 1})
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    info = input_pipeline.prepare(config)
+  assert info.num_train_examples == 5 and info.class_names == ("bird", "cat", "dog")
+  (message,) = rebuild_messages(caplog)
+  assert ("train: classes added: bird, files changed in 1 class(es): dog (5 files, was 3)"
+          in message)
+  assert prepared_files(data_dir) != before
+
+  # Rewritten in place under the same name (a solid JPEG of the same size: only the
+  # modification time tells): rebuilt, and the new pixels are what evaluation reads.
+  write_jpeg(root / "validation/cat/0.jpg", colour=(200, 30, 30))
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert input_pipeline.prepare(config) == info
+  (message,) = rebuild_messages(caplog)
+  assert "validation: files changed in 1 class(es): cat (3 files, was 3)" in message
+  (batch,) = input_pipeline.eval_batches(config, global_batch_size=3)
+  (cat,) = batch["images"][batch["labels"] == info.class_names.index("cat")]
+  np.testing.assert_allclose(cat.reshape(-1, 3).mean(0), (200, 30, 30), atol=6)
+
+
+def test_empty_class_folders_are_refused(tmp_path):
+  root, data_dir = tmp_path / "images", tmp_path / "tfds"
+  write_classes(root, {"train/cat": 1, "train/dog": 1, "validation/cat": 1})
+  (root / "train/empty").mkdir()
+  with pytest.raises(input_pipeline.DataError, match=re.escape(f"{root}/train/empty")):
+    input_pipeline.prepare(folder_config(root, data_dir))
+  (root / "train/empty").rmdir()
+  input_pipeline.prepare(folder_config(root, data_dir))
+
+  # Hidden files are not images; the prepared copy stays until the folder can be prepared.
+  before = prepared_files(data_dir)
+  (root / "validation/dog").mkdir()
+  (root / "validation/dog/.DS_Store").write_bytes(b"finder")
+  with pytest.raises(input_pipeline.DataError, match=re.escape(f"{root}/validation/dog")):
+    input_pipeline.prepare(folder_config(root, data_dir))
+  assert prepared_files(data_dir) == before
+
+
+def test_image_folder_class_names_are_the_sorted_folder_names(tmp_path):
+  root = tmp_path / "images"
+  for index, name in enumerate(("zebra", "mango", "Apple", "kiwi_2")):
+    write_classes(root, {f"train/{name}": index + 1, f"validation/{name}": 1})
+  config = folder_config(root, tmp_path / "tfds")
+  info = input_pipeline.prepare(config)
+  assert info.class_names == ("Apple", "kiwi_2", "mango", "zebra") and info.num_classes == 4
+  # Each stored label is the index of its file's folder name among class_names.
+  builder = image_folder.builder_for_root(str(root), str(tmp_path / "tfds"))
+  for split in ("train", "validation"):
+    for example in builder.as_dataset(split=split).as_numpy_iterator():
+      folder = example["file_name"].decode().split("/")[1]
+      assert info.class_names[example["label"]] == folder
+  # The prepared copy keeps naming its own classes after the folder gains one.
+  write_classes(root, {"train/banana": 1})
+  builder = image_folder.builder_for_root(str(root), str(tmp_path / "tfds"))
+  assert tuple(builder.info.features["label"].names) == info.class_names
+
+
+class PipelineTestShapes(tfds.core.GeneratorBasedBuilder):
+  """A tfds data set with named classes, prepared without any download."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  CLASSES = ("square", "circle", "triangle")  # tfds keeps this order, unsorted
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(8, 8, 3)),
+            "label": tfds.features.ClassLabel(names=self.CLASSES)}),
+        supervised_keys=("image", "label"))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(), "validation": self._generate_examples()}
+
+  def _generate_examples(self):
+    for index in range(3):
+      yield index, {"image": np.full((8, 8, 3), 50 * index, np.uint8), "label": index}
+
+
+def test_tfds_dataset_class_names_come_from_its_label_feature(tmp_path):
+  config = digits_config(tmp_path / "tfds", name="pipeline_test_shapes")
+  info = input_pipeline.prepare(config)
+  assert info.class_names == PipelineTestShapes.CLASSES and info.num_classes == 3
 
 
 def test_missing_image_folder_explains_the_layout(tmp_path):
