@@ -321,11 +321,16 @@ def test_train_step_forward_backward(name, options):
     assert np.all(np.isfinite(grad)), jax.tree_util.keystr(path)
     # Every parameter reaches the loss: no layer is left out of the graph.
     assert np.any(grad != 0.0), jax.tree_util.keystr(path)
-  # Train mode updated every running statistic (they start at mean 0, var 1).
+  # Train mode updated every BN's running statistics (they start at mean 0, var 1). Its
+  # variance, that is: a BN whose input is a linear map of a train-mode BN's output (each
+  # ShuffleNet expand conv, after the depthwise BN) sees a batch mean of exactly zero at
+  # initialization, so its running mean stays at rounding noise, which may be below
+  # allclose's tolerance.
   assert jax.tree.structure(new_stats) == jax.tree.structure(variables["batch_stats"])
   for path, old, new in zip(*zip(*jax.tree_util.tree_leaves_with_path(
       variables["batch_stats"])), jax.tree.leaves(new_stats)):
-    assert not np.allclose(np.asarray(old), np.asarray(new)), jax.tree_util.keystr(path)
+    if jax.tree_util.keystr(path).endswith("['var']"):
+      assert not np.allclose(np.asarray(old), np.asarray(new)), jax.tree_util.keystr(path)
   # Dropout is active in train mode: another key, other logits.
   (_, (other_logits, _)), _ = step(variables["params"], variables["batch_stats"],
                                    jax.random.key(1))
