@@ -61,7 +61,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
+
+from mobileshuffle_jax.timing import Timing, measure
 
 MODELS = ("mobilenet_v1", "shufflenet_v1")
 LOWERINGS = ("auto", "xla", "fast")
@@ -74,26 +76,6 @@ PYTORCHCV_SHUFFLENETS = frozenset(
 FIGURES = ("train_images_per_s", "infer_images_per_s", "latency_ms", "train_cpu_ms_per_image",
            "infer_cpu_ms_per_image", "compile_train_s", "compile_infer_s")
 MALLOC_ENV = {"hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "system": {}}
-
-
-class Timing(NamedTuple):
-  """Medians over the repeats of one measured call: wall and process CPU seconds."""
-
-  wall_s: float
-  cpu_s: float
-
-
-def measure(run: Callable[[], Any], repeats: int, warmup: int = 2) -> Timing:
-  """Medians of `run()` (which must wait for its result) after `warmup` calls."""
-  for _ in range(warmup):
-    run()
-  walls, cpus = [], []
-  for _ in range(repeats):
-    wall, cpu = time.perf_counter(), time.process_time()
-    run()
-    walls.append(time.perf_counter() - wall)
-    cpus.append(time.process_time() - cpu)
-  return Timing(statistics.median(walls), statistics.median(cpus))
 
 
 def _peak_rss_bytes() -> int:

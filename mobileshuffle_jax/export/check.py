@@ -25,7 +25,7 @@ import sys
 import jax
 import numpy as np
 
-from mobileshuffle_jax import bench, export, predict, preprocessing
+from mobileshuffle_jax import export, predict, preprocessing, timing
 from mobileshuffle_jax.export import tflite
 
 DEFAULT_THREADS = (1, 2)
@@ -68,7 +68,7 @@ def invoke(runner, images: np.ndarray) -> np.ndarray:
 def latency_ms(runner, images: np.ndarray, repeats: int) -> float:
   """Median milliseconds of one invocation on `images`, after `WARMUP` invocations."""
   runner.set_tensor(runner.get_input_details()[0]["index"], images)
-  return bench.measure(runner.invoke, repeats, warmup=WARMUP).wall_s * 1e3
+  return timing.measure(runner.invoke, repeats, warmup=WARMUP).wall_s * 1e3
 
 
 def check(path: str, workdir: str, *, split: str | None = None, max_examples: int | None = None,
