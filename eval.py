@@ -2,12 +2,11 @@ r"""Evaluate a checkpoint; the last line printed is one JSON object.
 
   python eval.py --workdir workdirs/default [--step 1600] [--config configs/default.py]
 
-Without --config the workdir's own config.json is used.
+Without --config the workdir's own config.json is used. A checkpoint whose parameters do
+not match their recorded fingerprint is refused (exit status 1).
 """
 
-import json
-
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from mobileshuffle_jax import runtime
@@ -22,11 +21,11 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   del argv
   runtime.initialize()
-  from mobileshuffle_jax import evaluation  # after the runtime is up
+  from mobileshuffle_jax import evaluation, progress  # after the runtime is up
   result = evaluation.evaluate_checkpoint(FLAGS.workdir, FLAGS.config, FLAGS.step)
-  print(json.dumps(result), flush=True)
   runtime.shutdown()
+  progress.print_result(result)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runtime.run(main)

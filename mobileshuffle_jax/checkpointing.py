@@ -10,24 +10,45 @@ with four items:
   config     JSON: the resolved config
 
 The last `keep` checkpoints are kept, plus the best by validation top-1.
+
+Every reader verifies what it restores against the fingerprints in `meta` and refuses a
+mismatch (`CorruptCheckpointError`); a save that fails raises `CheckpointSaveError` naming
+the path and the operating system's error, leaving the checkpoints saved before it whole.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
+import logging
 import os
-import shutil
-import tempfile
-from typing import Any
+import re
+import time
+from typing import Any, Iterator
 
 import flax.traverse_util
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mobileshuffle_jax import staging
+
 CHECKPOINT_SUBDIR = "checkpoints"
 CONFIG_FILE = "config.json"
+# How often a reader starts over when a training run deletes the checkpoint it was reading.
+READ_ATTEMPTS = 5
+
+log = logging.getLogger("mobileshuffle_jax")
+
+
+class CorruptCheckpointError(ValueError):
+  """Restored tensors whose fingerprint differs from the one recorded when they were saved."""
+
+
+class CheckpointSaveError(OSError):
+  """A checkpoint that could not be written (read-only or full file system, ...)."""
 
 
 def params_sha256(variables: dict[str, Any]) -> str:
@@ -39,6 +60,34 @@ def params_sha256(variables: dict[str, Any]) -> str:
     digest.update(f"{path}:{value.dtype.str}:{value.shape};".encode())
     digest.update(value.tobytes())
   return digest.hexdigest()
+
+
+def tree_sha256(tree) -> str:
+  """A fingerprint of any pytree of arrays (an optimizer state): SHA-256 over its key
+  paths, dtypes, shapes and bytes, in flattening order."""
+  digest = hashlib.sha256()
+  leaves, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))
+  for path, leaf in leaves:
+    value = np.ascontiguousarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}:{value.dtype.str}:{value.shape};".encode())
+    digest.update(value.tobytes())
+  return digest.hexdigest()
+
+
+def verify_fingerprint(name: str, tensors, meta: dict, *, step: int, where: str) -> str:
+  """`tensors`' fingerprint, after checking it against `meta[name]` (CorruptCheckpointError):
+  `params_sha256` of evaluation variables, or `tree_sha256` of any other state.
+
+  `where`: the file or directory the tensors were read from, for the message.
+  """
+  fingerprint = (params_sha256 if name == "params_sha256" else tree_sha256)(tensors)
+  recorded = meta.get(name)
+  if fingerprint != recorded:
+    raise CorruptCheckpointError(
+        f"step {step} in {where} is corrupted: its tensors have {name} {fingerprint}, the "
+        f"metadata recorded {recorded} when they were saved. Nothing was restored; use "
+        f"an intact copy or another step")
+  return fingerprint
 
 
 def param_shapes(params) -> dict[str, list[int]]:
@@ -74,8 +123,15 @@ class CheckpointStore:
     ])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+        enable_async_checkpointing=async_save, save_interval_steps=0 if read_only else 1,
+        # A writer removes what a failed or killed save left half written.
+        cleanup_tmp_directories=not read_only)
+    with _quiet_absl_warnings():  # orbax warns that a read-only manager is read-only
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._unfinished_save: int | None = None
+
+  def step_path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -100,7 +156,28 @@ class CheckpointStore:
                  meta=ocp.args.JsonSave(meta), config=ocp.args.JsonSave(config_json))
     if opt_state is not None:
       items["opt_state"] = ocp.args.StandardSave(opt_state)
-    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    # Orbax reports an asynchronous save's failure at the next call: name that save.
+    with self._reporting_save_errors(self._unfinished_save or step):
+      self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    self._unfinished_save = step
+
+  def check_for_errors(self) -> None:
+    """CheckpointSaveError if a save running in the background has failed."""
+    if self._unfinished_save is not None:
+      with self._reporting_save_errors(self._unfinished_save):
+        self.manager.check_for_errors()
+
+  @contextlib.contextmanager
+  def _reporting_save_errors(self, step: int) -> Iterator[None]:
+    try:
+      yield
+    except Exception as error:  # pylint: disable=broad-except
+      saved = [s for s in self.all_steps() if s != step]
+      raise CheckpointSaveError(
+          f"could not save step {step} to {self.directory}: {_failure_of(error)}. The "
+          f"checkpoints saved before it are intact (latest: "
+          f"{max(saved) if saved else 'none'}); fix the file system and rerun the same "
+          f"command to resume") from error
 
   def restore_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(
@@ -122,10 +199,109 @@ class CheckpointStore:
         variables=ocp.args.StandardRestore(fallback_sharding=device)))["variables"]
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Until the save in flight is on disk; CheckpointSaveError if it failed."""
+    if self._unfinished_save is not None:
+      with self._reporting_save_errors(self._unfinished_save):
+        self.manager.wait_until_finished()
+      self._unfinished_save = None
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _failure_of(error: BaseException) -> str:
+  """The operating system's error behind a failed save, as 'reason: path' where it can be
+  found: an OSError in `error`'s causes, or TensorStore's '[os_error_code=N]' message."""
+  chain = []
+  seen = error
+  while seen is not None and seen not in chain:
+    chain.append(seen)
+    seen = seen.__cause__ or seen.__context__
+  for cause in chain:
+    if isinstance(cause, OSError) and cause.strerror:
+      return f"{cause.strerror}: {cause.filename}" if cause.filename else cause.strerror
+  for cause in chain:
+    found = re.search(r'Failed writing: "([^"]+)".*: ([^:\[]+?) \[os_error_code', str(cause))
+    if found:
+      return f"{found.group(2)}: {found.group(1)}"
+  text = str(chain[-1]).strip()
+  return text.splitlines()[0] if text else type(chain[-1]).__name__
+
+
+@contextlib.contextmanager
+def _quiet_absl_warnings() -> Iterator[None]:
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredCheckpoint:
+  """One checkpoint read for inference: its step, metadata and evaluation variables."""
+
+  step: int
+  meta: dict
+  variables: dict
+  path: str
+
+
+def restore_for_inference(workdir: str, step: int | None = None) -> RestoredCheckpoint:
+  """The evaluation variables of `step` (default: the latest) of `workdir`, on one local
+  device whatever the topology that saved them, verified against their fingerprint.
+
+  The one restore path of evaluation, `load`, export and `init_from`. A training run
+  beside the reader may delete the checkpoint it chose (it keeps the last K): the latest
+  is then chosen again; a `step` asked for by number is refused once it is gone.
+  Raises ValueError (CorruptCheckpointError for a fingerprint mismatch).
+  """
+  for attempt in range(READ_ATTEMPTS):
+    store = CheckpointStore(workdir, read_only=True)
+    chosen = None
+    try:
+      chosen = store.saved_step(step)
+      meta = store.restore_meta(chosen)
+      variables = evaluation_variables(jax.device_get(store.restore_as_saved(chosen)))
+    except Exception as error:  # pylint: disable=broad-except
+      if chosen is None or os.path.isdir(store.step_path(chosen)):
+        raise  # not a deletion: the checkpoint is there and could not be read
+      if step is not None:
+        raise ValueError(f"step {step} of {workdir} was deleted while it was being read "
+                         "(the training run keeps only its last checkpoints)") from error
+      log.info("Checkpoint step %d of %s was deleted while being read; reading the latest "
+               "again (attempt %d).", chosen, workdir, attempt + 2)
+      time.sleep(0.1 * (attempt + 1))
+      continue
+    finally:
+      store.close()
+    path = store.step_path(chosen)
+    verify_fingerprint("params_sha256", variables, meta, step=chosen, where=path)
+    return RestoredCheckpoint(step=chosen, meta=meta, variables=variables, path=path)
+  raise ValueError(f"{workdir}: its checkpoints kept being deleted while being read "
+                   f"({READ_ATTEMPTS} attempts); read a finished run or raise its "
+                   "keep_checkpoints")
+
+
+def read_config_json(workdir: str):
+  """The run's resolved config (`workdir/config.json`) as a ConfigDict; ValueError naming
+  the file when it is missing or not JSON."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isdir(workdir):
+    raise ValueError(f"{workdir} is not a directory written by train.py or convert")
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except FileNotFoundError:
+    raise ValueError(f"{workdir} has no {CONFIG_FILE}: pass --config, or point at a "
+                     "directory written by train.py or convert") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    raise ValueError(f"{path} is not valid JSON ({error}): restore it from a copy, or "
+                     "pass --config") from error
 
 
 def write_config_json(workdir: str, config_json: dict) -> None:
@@ -152,8 +328,8 @@ def write_converted(out_dir: str, converted) -> None:
   """Write an imported checkpoint (`convert.Converted`) as a workdir eval.py can run.
 
   Everything is written into a sibling temporary directory that is renamed into place
-  at the end, so a failure leaves no partial `out_dir`; an existing non-empty `out_dir`
-  is refused rather than mixed with.
+  at the end (`staging.staged_directory`), so a failure leaves no partial `out_dir`; an
+  existing non-empty `out_dir` is refused rather than mixed with.
   """
   from mobileshuffle_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 
@@ -180,21 +356,10 @@ def write_converted(out_dir: str, converted) -> None:
           "params_sha256": params_sha256(evaluation_variables(variables)),
           "has_ema": False, "dataset": "imported:" + converted.source,
           "preprocessing": preprocessing}
-  parent = os.path.dirname(out_dir)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".partial-", dir=parent)
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would keep a shared checkpoint private
-  try:
-    store = CheckpointStore(staging, keep=1, async_save=False)
+  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+  with staging.staged_directory(out_dir) as staged:
+    store = CheckpointStore(staged, keep=1, async_save=False)
     store.save(0, variables=variables, opt_state=None, meta=meta, config_json=config_json)
     store.wait()
     store.close()
-    write_config_json(staging, config_json)
-    if os.path.exists(out_dir):
-      os.rmdir(out_dir)  # empty, checked above
-    os.rename(staging, out_dir)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
+    write_config_json(staged, config_json)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import re
 import time
@@ -34,10 +35,11 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import logging
 
 from mobileshuffle_jax import datasets
 from mobileshuffle_jax.preprocessing import NORMALIZATIONS, normalize
+
+log = logging.getLogger("mobileshuffle_jax")
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -46,7 +48,7 @@ def _hide_accelerators_from_tensorflow() -> None:
     for device_type in ("GPU", "TPU"):
       tf.config.set_visible_devices([], device_type)
   except RuntimeError:  # raised once TensorFlow has initialised its devices
-    logging.warning("TensorFlow was initialised before mobileshuffle_jax.input_pipeline was "
+    log.warning("TensorFlow was initialised before mobileshuffle_jax.input_pipeline was "
                     "imported and may hold accelerator memory: import it first")
 
 
@@ -136,7 +138,7 @@ def prepare(data_config: ml_collections.ConfigDict) -> DatasetInfo:
       raise DataError(_preparation_failure(data_config, builder, error)) from error
   info = _dataset_info(data_config, builder)
   if info.skipped_files:
-    logging.warning("%d unreadable file(s) were skipped when %s was prepared; they are "
+    log.warning("%d unreadable file(s) were skipped when %s was prepared; they are "
                     "listed in %s", len(info.skipped_files), data_config.image_folder,
                     os.path.join(builder.data_dir, "metadata.json"))
   return info
@@ -358,7 +360,7 @@ def _drop_stale_image_folder_copy(data_config: ml_collections.ConfigDict,
   recorded = dict(builder.info.metadata.items()).get(datasets.image_folder.CONTENTS_KEY)
   if recorded is not None and recorded["sha256"] == current["sha256"]:
     return builder
-  logging.warning("Image folder %s changed since it was prepared into %s (%s): deleting that "
+  log.warning("Image folder %s changed since it was prepared into %s (%s): deleting that "
                   "copy and preparing it again", root, builder.data_dir,
                   datasets.image_folder.describe_changes(recorded, current))
   builder.data_path.rmtree()

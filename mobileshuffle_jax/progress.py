@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import sys
 import time
 
 log = logging.getLogger("mobileshuffle_jax")
 
 
 class MetricWriter:
-  """Scalars to `workdir/metrics.jsonl` and TensorBoard events (process 0 only)."""
+  """Scalars to `workdir/metrics.jsonl` and TensorBoard events (process 0 only).
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  A run resumed at `start_step` first drops the lines of steps after it, which the
+  interrupted run wrote but will be trained (and logged) again: each step appears once.
+  """
+
+  def __init__(self, workdir: str, start_step: int = 0, enabled: bool = True):
     self.enabled = enabled
     if not enabled:
       return
     import tensorflow as tf  # the input pipeline has already hidden accelerators from it
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    drop_lines_after(path, start_step)
+    self._jsonl = open(path, "a")
     self._tf = tf
     self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
@@ -37,6 +45,26 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._summary.close()
+
+
+def drop_lines_after(path: str, step: int) -> None:
+  """Rewrite the JSON lines file `path` without its records of steps after `step`, and
+  without a last line cut short by a kill; atomically, and only if anything goes."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    except (ValueError, KeyError, TypeError):
+      continue  # a partial line: the process was killed while writing it
+  if kept != lines:
+    with open(path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
 
 
 def format_duration(seconds: float) -> str:
@@ -76,3 +104,24 @@ class StepReporter:
                  metrics["top1"], metrics["top5"], metrics["loss"], metrics["num_examples"])
     # Evaluation time is not training throughput.
     self._last_time = time.perf_counter()
+
+
+def strict_json(value):
+  """`value` with every non-finite float as None: JSON that any parser reads (no NaN)."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {key: strict_json(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [strict_json(item) for item in value]
+  return value
+
+
+def print_result(result: dict) -> None:
+  """`result` as one strict JSON line on stdout, on a line of its own."""
+  non_finite = sorted(key for key, value in result.items()
+                      if isinstance(value, float) and not math.isfinite(value))
+  if non_finite:
+    log.warning("Not finite, printed as null: %s.", ", ".join(non_finite))
+  sys.stderr.flush()
+  print(json.dumps(strict_json(result), allow_nan=False), flush=True)

@@ -46,8 +46,7 @@ matplotlib.use("Agg")  # files only: no display is needed or assumed
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 from matplotlib import ticker  # pylint: disable=wrong-import-position
 
-from mobileshuffle_jax import (checkpointing, complexity, evaluation, model_config, models, paper,
-                               sweep)
+from mobileshuffle_jax import checkpointing, complexity, model_config, models, paper, sweep
 
 FAMILIES = {"mobilenet_v1": "MobileNet", "shufflenet_v1": "ShuffleNet"}
 # The options that define an architecture, compared when matching a cell to a paper row.
@@ -170,7 +169,7 @@ class CellRecord:
 
 def read_cell(workdir: str) -> CellRecord | None:
   """The cell's config and latest evaluation; None before its first evaluation."""
-  config = evaluation.load_workdir_config(workdir)
+  config = checkpointing.read_config_json(workdir)
   with open(os.path.join(workdir, checkpointing.CONFIG_FILE), "rb") as f:
     config_hash = hashlib.sha256(f.read()).hexdigest()
   result = sweep.read_result(workdir)
@@ -186,11 +185,7 @@ def read_cell(workdir: str) -> CellRecord | None:
 
 def latest_variables(workdir: str) -> dict:
   """The variables evaluation uses (the EMA where saved) of the latest checkpoint."""
-  store = checkpointing.CheckpointStore(workdir, read_only=True)
-  try:
-    return checkpointing.evaluation_variables(store.restore_as_saved(store.latest_step()))
-  finally:
-    store.close()
+  return checkpointing.restore_for_inference(workdir).variables
 
 
 def inference_images_per_second(config, num_classes: int, variables: dict, batch: int,

@@ -295,8 +295,8 @@ def run_sweep(sweep: Sweep, root: str, only: Sequence[str] | None = None,
       result = run_cell(cell, config, workdir, sweep.name)
     except Preempted:
       raise
-    except Exception:  # pylint: disable=broad-except
-      log.exception("cell %s failed", cell.name)
+    except Exception as error:  # pylint: disable=broad-except
+      log.error("cell %s failed: %s", cell.name, error, exc_info=flags.FLAGS.verbose)
       failed.append(cell.name)
       continue
     log.info("cell %s: top1 %.4f after %d steps (%.0f s)", cell.name, result["eval"]["top1"],

@@ -22,7 +22,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from mobileshuffle_jax import (checkpointing, evaluation, input_pipeline, model_config, models,
-                               optim, parallel, progress)
+                               optim, parallel, progress, workdir_lock)
 
 log = logging.getLogger("mobileshuffle_jax")
 
@@ -165,23 +165,58 @@ def lower_train_step(config, num_classes: int, mesh=None) -> jax.stages.Lowered:
       abstract_state, batch, jax.random.key(0))
 
 
+def saved_state(state: TrainState) -> dict:
+  """Everything a checkpoint holds of `state` (variables and optimizer state), on the host:
+  what `train_state_sha256` fingerprints."""
+  return jax.device_get({"variables": state.variables_item(), "opt_state": state.opt_state})
+
+
 def checkpoint_meta(config, model, state: TrainState, data_info) -> dict:
+  host = saved_state(state)
   return {
       "step": int(state.step),
       "model": config.model,
       "model_options": {**dict(config.model_options), "num_classes": model.num_classes},
       "param_shapes": checkpointing.param_shapes(state.params),
       "params_sha256": checkpointing.params_sha256(
-          checkpointing.evaluation_variables(jax.device_get(state.variables_item()))),
+          checkpointing.evaluation_variables(host["variables"])),
+      # Resuming restores the optimizer state too: a corruption there must not pass.
+      "train_state_sha256": checkpointing.tree_sha256(host),
       "has_ema": state.ema_params is not None,
       "dataset": data_info.name,
+      "class_names": list(data_info.class_names),
       "preprocessing": checkpointing.preprocessing_of(config.data),
   }
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Train per `config` in `workdir` (resuming from its last checkpoint); final eval metrics."""
+  """Train per `config` in `workdir` (resuming from its last checkpoint); final eval metrics.
+
+  A run that stops early on SIGTERM, a preemption notice or Ctrl-C saves a checkpoint and
+  returns {'preempted_at_step': step, 'signal': name}. Only one run at a time may train
+  into a workdir (`workdir_lock`).
+  """
   validate_config(config)
+  lock = workdir_lock.WorkdirLock(workdir)
+  refusal = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except workdir_lock.WorkdirInUseError as error:
+      refusal = error
+  if jax.process_count() > 1:  # every process stops if process 0 could not take the lock
+    refused = multihost_utils.broadcast_one_to_all(np.int32(refusal is not None))
+    if refused and refusal is None:
+      refusal = workdir_lock.WorkdirInUseError(f"{workdir} is in use by another training run")
+  if refusal is not None:
+    raise refusal
+  try:
+    return _train_and_evaluate(config, workdir)
+  finally:
+    lock.release()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data_info = input_pipeline.prepare(config.data)
   model = model_config.build_model(config, data_info.num_classes,
                                    bn_group_size=bn_group_size(config))
@@ -200,9 +235,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_json = config.to_dict()
   start_step = store.latest_step()
   if start_step is not None:
-    checkpointing.check_same_model(store.restore_meta(start_step), config.model,
+    meta = store.restore_meta(start_step)
+    checkpointing.check_same_model(meta, config.model,
                                    checkpointing.param_shapes(abstract_state.params), workdir)
     state = restore_train_state(store, start_step, abstract_state, replicated)
+    verify_restored_state(state, meta, store.step_path(start_step))
     log.info("Resumed from %s at step %d.", store.directory, start_step)
   else:
     start_step = 0
@@ -210,26 +247,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.init_from:
       state = initialize_from(state, config.init_from, config.init_from_drop_classifier,
                               replicated)
-  if jax.process_index() == 0:
+  is_chief = jax.process_index() == 0
+  mesh_eval = lambda: evaluation.evaluate(
+      model, checkpointing.evaluation_variables(state.variables_item()), config.data,
+      config.eval_batch_size, mesh)
+  if start_step >= total_steps:
+    # A finished run: report its result, and leave its config as the run that made it.
+    log.info("%s already holds step %d of %d: nothing to train; evaluating it.", workdir,
+             start_step, total_steps)
+    store.close()
+    return mesh_eval()
+  if is_chief:
     checkpointing.write_config_json(workdir, config_json)
 
   train_step = jit_train_step(model, tx, schedule, config, mesh)
   batches = input_pipeline.train_batches(
       config.data, global_batch_size=config.global_batch_size, start_step=start_step,
       process_index=jax.process_index(), process_count=jax.process_count())
-  is_chief = jax.process_index() == 0
-  writer = progress.MetricWriter(workdir, enabled=is_chief)
+  writer = progress.MetricWriter(workdir, start_step, enabled=is_chief)
   reporter = progress.StepReporter(total_steps, steps_per_epoch, config.global_batch_size,
                                    start_step, enabled=is_chief)
   preemption = PreemptionWatch()
   step_rng = jax.random.fold_in(rng, 1)
   pending_metrics = []
   eval_metrics: dict = {}
-
-  def evaluate_now():
-    return evaluation.evaluate(model, checkpointing.evaluation_variables(state.variables_item()),
-                               config.data, config.eval_batch_size, mesh)
-
+  failed = True
   try:
     for step in range(start_step + 1, total_steps + 1):
       state, metrics = train_step(state, parallel.global_batch(next(batches), mesh), step_rng)
@@ -241,9 +283,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pending_metrics = []
         writer.write(step, {f"train/{k}": v for k, v in summary.items()})
         reporter.report(step, summary)
+        store.check_for_errors()  # a failed background save stops the run here
       eval_metrics = {}
       if step % config.eval_every_steps == 0 or (is_last and not preempted):
-        eval_metrics = evaluate_now()
+        eval_metrics = mesh_eval()
         writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
         reporter.report_eval(step, eval_metrics)
       if step % config.checkpoint_every_steps == 0 or is_last or eval_metrics:
@@ -254,15 +297,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    config_json=config_json,
                    metrics={"top1": eval_metrics["top1"]} if eval_metrics else None)
       if preempted:
-        log.info("Preempted: saved step %d to %s; rerun the same command to resume.", step,
-                 store.directory)
-        return {"preempted_at_step": step}
-    return eval_metrics or evaluate_now()
+        store.wait()
+        log.info("Stopped by %s: saved step %d to %s; rerun the same command to resume.",
+                 preemption.signal_name, step, store.directory)
+        failed = False
+        return {"preempted_at_step": step, "signal": preemption.signal_name}
+    result = eval_metrics or mesh_eval()
+    failed = False
+    return result
   finally:
     preemption.close()
-    store.wait()
+    try:
+      store.wait()
+    except checkpointing.CheckpointSaveError:
+      if not failed:
+        raise
+      # Already failing: the error in flight says more than a save that it cut short.
     store.close()
     writer.close()
+
+
+def verify_restored_state(state: TrainState, meta: dict, where: str) -> None:
+  """CorruptCheckpointError unless the restored state matches the fingerprints saved
+  with it (checkpoints written before `train_state_sha256` have only `params_sha256`)."""
+  host = saved_state(state)
+  step = int(state.step)
+  checkpointing.verify_fingerprint(
+      "params_sha256", checkpointing.evaluation_variables(host["variables"]), meta, step=step,
+      where=where)
+  if "train_state_sha256" in meta:
+    checkpointing.verify_fingerprint("train_state_sha256", host, meta, step=step, where=where)
 
 
 def summarize(step_metrics: list[dict], step: int) -> dict:
@@ -290,33 +354,45 @@ def restore_train_state(store, step: int, abstract_state: TrainState, sharding) 
 
 
 class PreemptionWatch:
-  """Whether to stop at a step, saving a checkpoint, because the job is being preempted.
+  """Whether to stop at a step, saving a checkpoint, because the job is being preempted or
+  the user pressed Ctrl-C.
 
-  One process: a SIGTERM sets a flag and the run stops after the step in flight. Several
-  processes: JAX's preemption sync service (started by `jax.distributed.initialize`,
-  which also catches SIGTERM) makes every process stop at the same step.
+  One process: SIGTERM or a first Ctrl-C (SIGINT) sets a flag and the run stops after the
+  step in flight; a second Ctrl-C interrupts at once. Several processes: JAX's preemption
+  sync service (started by `jax.distributed.initialize`, which also catches SIGTERM) makes
+  every process stop at the same step.
   """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self._multi_process = jax.process_count() > 1
-    self._signalled = False
-    self._previous_handler = None
+    self.signal_name: str | None = None
+    self._previous_handlers = {}
     if not self._multi_process and threading.current_thread() is threading.main_thread():
-      self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+      for signum in self.SIGNALS:
+        self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
-  def _on_sigterm(self, signum, frame):
-    del signum, frame
-    self._signalled = True
+  def _on_signal(self, signum, frame):
+    del frame
+    if signum == signal.SIGINT:
+      if self.signal_name == "SIGINT":  # the second Ctrl-C: stop now, save nothing more
+        raise KeyboardInterrupt
+      log.info("Ctrl-C: saving a checkpoint after this step (press again to stop at once).")
+    self.signal_name = signal.Signals(signum).name
 
   def reached(self, step: int) -> bool:
     if self._multi_process:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._signalled
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signal_name = "SIGTERM"
+        return True
+      return False
+    return self.signal_name is not None
 
   def close(self) -> None:
-    if self._previous_handler is not None:
-      signal.signal(signal.SIGTERM, self._previous_handler)
-      self._previous_handler = None
+    for signum, handler in self._previous_handlers.items():
+      signal.signal(signum, handler)
+    self._previous_handlers = {}
 
 
 def initialize_from(state: TrainState, directory: str, drop_classifier: bool,
@@ -326,14 +402,13 @@ def initialize_from(state: TrainState, directory: str, drop_classifier: bool,
   Every tensor must match by name and shape, except the classifier when
   `drop_classifier` (fine-tuning to a new number of classes keeps a fresh one).
   """
-  source = checkpointing.CheckpointStore(directory, read_only=True)
   try:
-    step = source.latest_step()
-    if step is None:
-      raise ValueError(f"config.init_from={directory!r} holds no checkpoint")
-    loaded = checkpointing.evaluation_variables(source.restore_as_saved(step))
-  finally:
-    source.close()
+    restored = checkpointing.restore_for_inference(directory)
+  except checkpointing.CorruptCheckpointError:
+    raise  # its message names the checkpoint
+  except ValueError as error:
+    raise ValueError(f"config.init_from={directory!r}: {error}") from error
+  loaded, step = restored.variables, restored.step
   ours = {"params": state.params, "batch_stats": state.batch_stats}
   loaded_flat = flax.traverse_util.flatten_dict(loaded, sep="/")
   merged = {}

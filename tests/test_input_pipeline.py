@@ -47,10 +47,10 @@ def take(batches, count):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("tfds")
-  input_pipeline.prepare(digits_config(path))
-  return path
+def data_dir(data_dir):
+  """The session's data directory with digits prepared."""
+  input_pipeline.prepare(digits_config(data_dir))
+  return data_dir
 
 
 def test_digits_prepares_a_stratified_80_20_split(data_dir):

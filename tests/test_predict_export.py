@@ -21,7 +21,9 @@ import pytest
 
 import mobileshuffle_jax
 from configs import default
-from mobileshuffle_jax import evaluation, export
+from mobileshuffle_jax import checkpointing, evaluation, export
+from mobileshuffle_jax import convert as mobileshuffle_convert
+from mobileshuffle_jax import staging as mobileshuffle_staging
 from mobileshuffle_jax.export import __main__ as export_cli
 
 torch = pytest.importorskip("torch")
@@ -146,7 +148,7 @@ def test_converted_directory_predicts_like_pytorchcv(converted, predictor, image
 def test_converted_directory_evaluates_on_digits(converted, predictor, tmp_path):
   """eval.py's library path on a converted directory: its config with the digits data set
   at the model's resolution and normalization."""
-  config = evaluation.load_workdir_config(converted[2])
+  config = checkpointing.read_config_json(converted[2])
   data = default.data_config()
   data.image_size = config.data.image_size
   data.normalization = config.data.normalization
@@ -288,13 +290,84 @@ def test_tampered_file_and_failed_write(predictor, tmp_path):
   tensors["params/classifier/bias"] = tensors["params/classifier/bias"] + 1.0
   tampered = str(tmp_path / "tampered.safetensors")
   safetensors_numpy.save_file(tensors, tampered, metadata=metadata)
-  with pytest.raises(ValueError, match="params_sha256 .* differs from the recorded"):
+  with pytest.raises(checkpointing.CorruptCheckpointError, match="tampered.safetensors is corrupted: .*params_sha256"):
     mobileshuffle_jax.load(tampered)
   # A writer that fails half way leaves neither the file nor its temporary.
   failing = tmp_path / "failing.bin"
   with pytest.raises(RuntimeError, match="disk full"):
-    with export.staged(str(failing)) as staging:
+    with mobileshuffle_staging.staged_file(str(failing)) as staging:
       with open(staging, "wb") as f:
         f.write(b"half")
       raise RuntimeError("disk full")
   assert sorted(os.listdir(tmp_path)) == ["model.safetensors", "tampered.safetensors"]
+
+
+def test_predict_refuses_non_finite_and_complex_images(predictor, images):
+  nan_pixel = images.copy()
+  nan_pixel[1, 7, 9, 2] = np.nan
+  for bad, count in ((nan_pixel, "1 of 2 images"), (np.full_like(images, np.inf), "2 of 2"),
+                     (np.full_like(images, np.nan), "2 of 2")):
+    with pytest.raises(ValueError, match=f"{count} .*NaN or infinite"):
+      predictor.predict(bad)
+  with pytest.raises(ValueError, match="real-valued images .* complex64"):
+    predictor.predict(images.astype(np.complex64))
+  with pytest.raises(ValueError, match="real-valued images"):
+    predictor.predict(images.astype(str))
+  # Asked for, the raw behaviour: the images go through the network as they are (where
+  # XLA's max and clamp absorb a NaN, which is why it is refused by default).
+  raw = np.asarray(predictor.predict(nan_pixel, allow_non_finite=True))
+  np.testing.assert_array_equal(raw[0], np.asarray(predictor.predict(images))[0])
+
+
+def test_load_refuses_bad_paths_with_value_errors(converted, tmp_path):
+  with pytest.raises(ValueError, match="does not exist"):
+    mobileshuffle_jax.load(str(tmp_path / "missing"))
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  with pytest.raises(ValueError, match="has no config.json"):
+    mobileshuffle_jax.load(str(broken))
+  (broken / "config.json").write_text("{not json")
+  with pytest.raises(ValueError, match="config.json is not valid JSON"):
+    mobileshuffle_jax.load(str(broken))
+
+
+def test_stale_partial_outputs_are_removed_at_the_next_start(converted, predictor, tmp_path):
+  # What a killed export (a file) and a killed convert (a directory) leave behind, by a
+  # process that is gone, beside one of a writer that still runs (this test).
+  out = tmp_path / "model.safetensors"
+  gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True).stdout.strip()
+  (tmp_path / f"model.safetensors.partial-{gone}-0123abcd").write_bytes(b"half")
+  (tmp_path / f"model.safetensors.partial-{os.getpid()}-0123abcd").write_bytes(b"live")
+  export.write_safetensors(predictor, str(out))
+  assert sorted(os.listdir(tmp_path)) == [
+      "model.safetensors", f"model.safetensors.partial-{os.getpid()}-0123abcd"]
+
+  _, path, _ = converted
+  target = tmp_path / "converted"
+  (tmp_path / f"converted.partial-{gone}-0123abcd" / "checkpoints").mkdir(parents=True)
+  (tmp_path / "converted.partial-x1y2z3").mkdir()  # named by an older version
+  checkpointing.write_converted(str(target), mobileshuffle_convert.convert("pytorchcv", path))
+  assert os.path.isdir(target / "checkpoints")
+  assert not [name for name in os.listdir(tmp_path) if name.startswith("converted.partial")]
+
+
+def test_class_names_travel_with_checkpoints_and_exports(trained_workdir, tmp_path):
+  digits = tuple(str(digit) for digit in range(10))
+  store = checkpointing.CheckpointStore(trained_workdir, read_only=True)
+  assert store.restore_meta(6)["class_names"] == list(digits)
+  store.close()
+  loaded = mobileshuffle_jax.load(trained_workdir)
+  assert loaded.class_names == digits
+  out = str(tmp_path / "digits.safetensors")
+  export.export_checkpoint(trained_workdir, out)
+  assert mobileshuffle_jax.load(out).class_names == digits
+  export.export_checkpoint(trained_workdir, str(tmp_path / "digits.jax"), file_format="jax")
+  with open(tmp_path / "digits.jax.json") as f:
+    assert json.load(f)["class_names"] == list(digits)
+  images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+  top = loaded.classify(images, top_k=2)
+  logits = np.asarray(loaded.predict(images))
+  for row, classes in zip(logits, top):
+    assert [name for name, _ in classes] == [digits[i] for i in np.argsort(-row)[:2]]
+    assert classes[0][1] >= classes[1][1] > 0

@@ -14,44 +14,26 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default
 from mobileshuffle_jax import checkpointing, evaluation, model_config, parallel, training
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from configs import default
+from tests.conftest import REPO, make_tiny_config
 
 
 def small_config(data_dir, **overrides):
-  config = default.get_config()
-  config.data.data_dir = str(data_dir)
-  config.model_options.alpha = 0.25
-  config.global_batch_size = 32
-  config.base_batch_size = 32
-  config.eval_batch_size = 64
-  config.num_train_steps = 3
-  # A gentle rate and a large BN epsilon. At initialization this network amplifies float
-  # rounding steeply (a 1e-7 relative nudge of the initial weights moves the weights by
-  # 1e-4 after two steps at rate 0.01, mostly through BN of near-constant channels), which
-  # would swamp the comparison; tamed, summing gradients in another order stays far below
-  # the tolerance while any real difference in what is computed (local instead of global
-  # gradients or statistics) is of the size of the updates.
-  config.learning_rate = 0.001
-  config.model_options.bn_epsilon = 0.1  # tames BN's amplification of near-constant channels
-  config.schedule = "constant"
-  config.warmup_epochs = 0.0
-  config.log_every_steps = 1
-  config.eval_every_steps = 1000
-  config.checkpoint_every_steps = 1000
-  config.lowering = "xla"
-  config.data.input_shards = 2
-  config.data.image_size = 64
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+  """The tiny config at 64 px over two input shards, tamed for exact comparisons.
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("tfds")
+  A gentle rate and a large BN epsilon. At initialization this network amplifies float
+  rounding steeply (a 1e-7 relative nudge of the initial weights moves the weights by
+  1e-4 after two steps at rate 0.01, mostly through BN of near-constant channels), which
+  would swamp the comparison; tamed, summing gradients in another order stays far below
+  the tolerance while any real difference in what is computed (local instead of global
+  gradients or statistics) is of the size of the updates.
+  """
+  return make_tiny_config(data_dir, **{
+      "num_train_steps": 3, "learning_rate": 0.001, "model_options.bn_epsilon": 0.1,
+      "log_every_steps": 1, "eval_every_steps": 1000, "checkpoint_every_steps": 1000,
+      "data.input_shards": 2, "data.image_size": 64, **overrides})
 
 
 def saved_variables(workdir):
@@ -181,7 +163,7 @@ def test_sigterm_then_restart_equals_uninterrupted_run(tmp_path, data_dir):
     process.wait(timeout=300)
   output = log_path.read_text()
   assert process.returncode == 0, output[-4000:]
-  assert "Preempted: saved step" in output
+  assert "Stopped by SIGTERM: saved step" in output
   stopped_at = checkpointing.CheckpointStore(str(interrupted), read_only=True).latest_step()
   assert 5 <= stopped_at < steps
 

@@ -2,6 +2,9 @@
 
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 
@@ -10,55 +13,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import default
 from mobileshuffle_jax import checkpointing, evaluation, training
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import REPO, SUBPROCESS_ENV, copy_of
 
 
-def tiny_config(data_dir, **overrides):
-  """The default recipe shrunk to seconds: a 0.25 MobileNet on 32 px digits."""
-  config = default.get_config()
-  config.data.data_dir = str(data_dir)
-  config.model_options.alpha = 0.25
-  config.global_batch_size = 32
-  config.base_batch_size = 32
-  config.eval_batch_size = 64
-  config.num_train_steps = 6
-  config.schedule = "constant"
-  config.warmup_epochs = 0.0
-  config.log_every_steps = 2
-  config.eval_every_steps = 6
-  config.checkpoint_every_steps = 3
-  config.lowering = "xla"
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
-  return config
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("tfds")
-
-
-def test_train_then_resume_matches_uninterrupted_run(tmp_path, data_dir):
+def test_train_then_resume_matches_uninterrupted_run(tmp_path, tiny_config):
   interrupted = str(tmp_path / "interrupted")
-  training.train_and_evaluate(tiny_config(data_dir, num_train_steps=3), interrupted)
+  training.train_and_evaluate(tiny_config(num_train_steps=3), interrupted)
   store = checkpointing.CheckpointStore(interrupted, read_only=True)
   assert store.all_steps() == [3]
   store.close()
   # A restart with the full length resumes at step 3, not from scratch.
-  resumed = training.train_and_evaluate(tiny_config(data_dir), interrupted)
+  resumed = training.train_and_evaluate(tiny_config(), interrupted)
   with open(os.path.join(interrupted, "metrics.jsonl")) as f:
     logged_steps = [json.loads(line)["step"] for line in f]
   assert logged_steps.count(2) == 1 and 4 in logged_steps and 6 in logged_steps
 
   uninterrupted = str(tmp_path / "uninterrupted")
-  straight = training.train_and_evaluate(tiny_config(data_dir), uninterrupted)
+  straight = training.train_and_evaluate(tiny_config(), uninterrupted)
   a = evaluation.evaluate_checkpoint(interrupted)
   b = evaluation.evaluate_checkpoint(uninterrupted)
   assert a["step"] == b["step"] == 6
@@ -67,9 +40,9 @@ def test_train_then_resume_matches_uninterrupted_run(tmp_path, data_dir):
   assert resumed["top1"] == straight["top1"]
 
 
-def test_eval_counts_every_example_once(tmp_path, data_dir):
+def test_eval_counts_every_example_once(tmp_path, tiny_config):
   workdir = str(tmp_path / "run")
-  config = tiny_config(data_dir, num_train_steps=2, eval_every_steps=2,
+  config = tiny_config(num_train_steps=2, eval_every_steps=2,
                        checkpoint_every_steps=2)
   training.train_and_evaluate(config, workdir)
   results = {}
@@ -82,22 +55,22 @@ def test_eval_counts_every_example_once(tmp_path, data_dir):
     np.testing.assert_allclose(r["loss"], results[360]["loss"], rtol=1e-5)
 
 
-def test_non_finite_loss_stops_and_keeps_good_checkpoints(tmp_path, data_dir):
+def test_non_finite_loss_stops_and_keeps_good_checkpoints(tmp_path, tiny_config):
   workdir = str(tmp_path / "nan")
-  training.train_and_evaluate(tiny_config(data_dir, num_train_steps=3), workdir)
+  training.train_and_evaluate(tiny_config(num_train_steps=3), workdir)
   before = evaluation.evaluate_checkpoint(workdir)
   with pytest.raises(FloatingPointError, match="non-finite loss"):
-    training.train_and_evaluate(tiny_config(data_dir, learning_rate=1e30), workdir)
+    training.train_and_evaluate(tiny_config(learning_rate=1e30), workdir)
   store = checkpointing.CheckpointStore(workdir, read_only=True)
   assert store.all_steps() == [3]
   store.close()
   assert evaluation.evaluate_checkpoint(workdir)["params_sha256"] == before["params_sha256"]
 
 
-def test_workdir_of_another_model_is_refused(tmp_path, data_dir):
+def test_workdir_of_another_model_is_refused(tmp_path, tiny_config):
   workdir = str(tmp_path / "mnv1")
-  training.train_and_evaluate(tiny_config(data_dir, num_train_steps=3), workdir)
-  other = tiny_config(data_dir, model="shufflenet_v1")
+  training.train_and_evaluate(tiny_config(num_train_steps=3), workdir)
+  other = tiny_config(model="shufflenet_v1")
   other.model_options = dict(groups=3, scale=0.25)
   with pytest.raises(ValueError, match="different model"):
     training.train_and_evaluate(other, workdir)
@@ -111,9 +84,9 @@ def test_workdir_of_another_model_is_refused(tmp_path, data_dir):
     ("compute_dtype", "float16", "compute_dtype"),
     ("model_options.alpha", 0.0, "alpha"),
 ])
-def test_invalid_config_names_the_field(tmp_path, data_dir, field, value, message):
+def test_invalid_config_names_the_field(tmp_path, field, value, message, tiny_config):
   with pytest.raises(ValueError, match=message):
-    training.train_and_evaluate(tiny_config(data_dir, **{field: value}), str(tmp_path))
+    training.train_and_evaluate(tiny_config(**{field: value}), str(tmp_path))
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "1"))
 
 
@@ -160,13 +133,13 @@ def test_train_and_eval_scripts_on_an_image_folder(tmp_path):
   assert set(result) >= {"top1", "top5", "loss", "num_examples", "step", "params_sha256"}
 
 
-def test_init_from_loads_every_tensor_and_can_drop_the_classifier(tmp_path, data_dir):
+def test_init_from_loads_every_tensor_and_can_drop_the_classifier(tmp_path, tiny_config):
   source = str(tmp_path / "source")
-  training.train_and_evaluate(tiny_config(data_dir, num_train_steps=3), source)
+  training.train_and_evaluate(tiny_config(num_train_steps=3), source)
   saved = checkpointing.CheckpointStore(source, read_only=True)
   expected = checkpointing.evaluation_variables(saved.restore_as_saved(3))
   saved.close()
-  config = tiny_config(data_dir)
+  config = tiny_config()
   mesh = training.parallel.create_mesh()
   replicated = training.parallel.replicated(mesh)
 
@@ -193,5 +166,91 @@ def test_init_from_loads_every_tensor_and_can_drop_the_classifier(tmp_path, data
   # And through the config: fine-tuning starts from the source, not from scratch.
   finetuned = str(tmp_path / "finetuned")
   result = training.train_and_evaluate(
-      tiny_config(data_dir, num_train_steps=2, init_from=source), finetuned)
+      tiny_config(num_train_steps=2, init_from=source), finetuned)
   assert result["num_examples"] == 360
+
+
+def logged_steps(workdir, prefix):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  return [r["step"] for r in records if any(key.startswith(prefix) for key in r)]
+
+
+def test_resume_after_a_crash_logs_each_step_once(trained_workdir, tiny_config, tmp_path):
+  workdir = copy_of(trained_workdir, tmp_path / "run")
+  # Killed after logging (and evaluating) step 6 but before its checkpoint was complete.
+  for name in os.listdir(os.path.join(workdir, "checkpoints")):
+    if name.startswith("6"):
+      shutil.rmtree(os.path.join(workdir, "checkpoints", name))
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 7, "train/lo')  # a line cut short by the kill
+  training.train_and_evaluate(tiny_config(), workdir)
+  assert logged_steps(workdir, "train/") == [2, 4, 6]
+  assert logged_steps(workdir, "eval/") == [6]
+
+
+OUR_LINE = re.compile(r"^\d\d:\d\d:\d\d \[0\] ")
+
+
+def test_ctrl_c_saves_then_reruns_resume_and_report(tmp_path):
+  """train.py as a user drives it: Ctrl-C saves and stops; the same command resumes to
+  the end; rerun once finished, it prints the result again and leaves its config alone.
+  The console holds our own lines only (a fresh data directory: digits is prepared)."""
+  workdir = tmp_path / "run"
+  command = [sys.executable, "train.py", "--config=configs/default.py", f"--workdir={workdir}",
+             f"--config.data.data_dir={tmp_path}/tfds", "--config.model_options.alpha=0.25",
+             "--config.global_batch_size=32", "--config.log_every_steps=1",
+             "--config.checkpoint_every_steps=1000", "--config.eval_every_steps=1000",
+             "--config.lowering=xla"]
+  interrupted = subprocess.Popen(command + ["--config.num_train_steps=1000"], cwd=REPO,
+                                 env=SUBPROCESS_ENV, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in interrupted.stderr:
+    lines.append(line)
+    if " step 2/1000 " in line:
+      interrupted.send_signal(signal.SIGINT)
+      break
+  stdout, rest = interrupted.communicate(timeout=300)
+  lines += rest.splitlines(keepends=True)
+  assert interrupted.returncode == 130, "".join(lines)[-3000:]
+  stopped = json.loads(stdout.strip().splitlines()[-1])
+  assert stopped["signal"] == "SIGINT"
+  step = stopped["preempted_at_step"]
+  assert os.path.isdir(workdir / "checkpoints" / str(step))
+  assert all(OUR_LINE.match(line) for line in lines), "".join(lines)
+
+  finish = command + [f"--config.num_train_steps={step + 2}"]
+  finished = subprocess.run(finish, cwd=REPO, env=SUBPROCESS_ENV, capture_output=True,
+                            text=True, timeout=300)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  result = json.loads(finished.stdout.strip().splitlines()[-1])
+  assert result["num_examples"] == 360
+  assert logged_steps(str(workdir), "train/") == list(range(1, step + 3))
+  config_file = workdir / "config.json"
+  config_stat = (config_file.read_bytes(), config_file.stat().st_mtime_ns)
+
+  # Both streams into one file, as `make train > log 2>&1` does: the result keeps its line.
+  again = subprocess.run(finish, cwd=REPO, env=SUBPROCESS_ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, timeout=300)
+  assert again.returncode == 0, again.stdout[-3000:]
+  *progress_lines, last = again.stdout.strip().splitlines()
+  assert json.loads(last) == result
+  assert all(OUR_LINE.match(line) for line in progress_lines), again.stdout
+  assert (config_file.read_bytes(), config_file.stat().st_mtime_ns) == config_stat
+  assert logged_steps(str(workdir), "train/") == list(range(1, step + 3))
+
+
+def test_scripts_fail_in_one_line(tmp_path):
+  for script, arguments, expected in [
+      ("train.py", ["--config=configs/default.py", f"--workdir={tmp_path}/w",
+                    "--config.unknown_field=1"], "the config has no field 'unknown_field'"),
+      ("train.py", ["--config=configs/default.py", f"--workdir={tmp_path}/w",
+                    "--config.learning_rate=-1"], "config.learning_rate=-1.0 is invalid"),
+      ("eval.py", [f"--workdir={tmp_path}/missing"], "is not a directory written by"),
+  ]:
+    run = subprocess.run([sys.executable, script, *arguments], cwd=REPO, env=SUBPROCESS_ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode in (1, 2) and run.stdout == ""
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("error: ") and expected in line, run.stderr

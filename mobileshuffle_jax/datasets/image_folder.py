@@ -20,14 +20,16 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import logging
 import os
 import re
 from typing import Iterator
 
 import tensorflow_datasets as tfds
-from absl import logging
 
 from mobileshuffle_jax.datasets import jpeg
+
+log = logging.getLogger("mobileshuffle_jax")
 
 SPLITS = ("train", "validation")
 # Decoding releases the GIL (PIL and TensorFlow), so threads check images in parallel.
@@ -257,11 +259,11 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
           relative_path = os.path.relpath(path, root)
           if error is not None:
             skipped.append(relative_path)
-            logging.warning("Skipping unreadable image %s (%s); %d skipped so far in %s",
+            log.warning("Skipping unreadable image %s (%s); %d skipped so far in %s",
                             path, error, len(skipped), split)
             continue
           yield relative_path, {"image": encoded, "label": name, "file_name": relative_path}
     if skipped:
-      logging.warning("Skipped %d unreadable image(s) of %s/%s", len(skipped), root, split)
+      log.warning("Skipped %d unreadable image(s) of %s/%s", len(skipped), root, split)
     # Saved with the prepared data set, so `prepare` can report it on every later run too.
     self.info.metadata["skipped_files"][split] = skipped

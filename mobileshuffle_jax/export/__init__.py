@@ -34,33 +34,24 @@ failure leaves no partial file; an existing FILE (or FILE.json) is refused.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import uuid
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from mobileshuffle_jax import lowering, predict
+from mobileshuffle_jax import lowering, predict, safetensors_io, staging
 
 FORMATS = ("safetensors", "jax", "tflite")
-SAFETENSORS_FORMAT = "mobileshuffle_jax.safetensors"
 JAX_FORMAT = "mobileshuffle_jax.jax_export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = safetensors_io.FORMAT_VERSION
 # Platforms a `--format jax` function is lowered for; it runs on any of them.
 JAX_PLATFORMS = ("cpu", "cuda", "tpu")
 # jax.export's platform names -> the backend names `lowering.conv_lowering` takes.
 BACKEND_OF_PLATFORM = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
 SIDECAR_SUFFIX = ".json"
-# Metadata entries of a safetensors file that hold JSON rather than a plain string.
-JSON_METADATA = ("model_options", "preprocessing", "config")
-# Metadata entries `read_safetensors` needs, besides format and format_version.
-RECORD_METADATA = ("model", "params_sha256", "step", *JSON_METADATA)
 
 
 def output_paths(out: str, file_format: str) -> list[str]:
@@ -107,83 +98,22 @@ def export_checkpoint(workdir: str, out: str, *, file_format: str = "safetensors
   return predictor
 
 
-@contextlib.contextmanager
-def staged(path: str) -> Iterator[str]:
-  """A temporary path beside `path`, renamed to `path` when the block succeeds and removed
-  when it fails: readers never see a partial file."""
-  # Created by the writer, so with the umask's permissions (mkstemp's would be 0600).
-  staging = f"{path}.partial-{uuid.uuid4().hex[:8]}"
-  try:
-    yield staging
-    os.replace(staging, path)
-  except BaseException:
-    if os.path.exists(staging):
-      os.unlink(staging)
-    raise
-
-
 def model_record(predictor: predict.Predictor) -> dict[str, Any]:
   """What identifies the exported model and says how to feed it."""
   return {"model": predictor.config.model,
           "model_options": {**predictor.config.model_options.to_dict(),
                             "num_classes": predictor.num_classes},
           "preprocessing": predictor.preprocessing,
-          "params_sha256": predictor.params_sha256, "step": predictor.step}
+          "params_sha256": predictor.params_sha256, "step": predictor.step,
+          "class_names": list(predictor.class_names)}
 
 
 # safetensors ------------------------------------------------------------------------------
 
 def write_safetensors(predictor: predict.Predictor, path: str) -> None:
   """Every variable of `predictor`, flattened by path, with the metadata to rebuild it."""
-  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
-
-  tensors = {name: np.ascontiguousarray(value) for name, value in
-             flax.traverse_util.flatten_dict(jax.device_get(predictor.variables),
-                                             sep="/").items()}
-  record = dict(model_record(predictor), config=predictor.config.to_dict())
-  metadata = {"format": SAFETENSORS_FORMAT, "format_version": str(FORMAT_VERSION)}
-  for key, value in record.items():
-    metadata[key] = json.dumps(value, sort_keys=True) if key in JSON_METADATA else str(value)
-  # Written by us rather than `save_file`, whose files are private (0600) whatever the umask.
-  with staged(path) as staging, open(staging, "wb") as f:
-    f.write(safetensors_numpy.save(tensors, metadata=metadata))
-
-
-def read_safetensors(path: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-  """(variables, checkpoint-style metadata, config JSON) of a file `write_safetensors` wrote.
-
-  The metadata has the keys of a checkpoint's `meta` item that `predict.load` reads:
-  model, model_options, preprocessing, params_sha256, step.
-  """
-  import safetensors  # pylint: disable=g-import-not-at-top
-
-  try:
-    with safetensors.safe_open(path, framework="numpy") as reader:
-      metadata = reader.metadata() or {}
-      flat = {name: reader.get_tensor(name) for name in reader.keys()}
-  except safetensors.SafetensorError as error:
-    raise ValueError(
-        f"{path} is not a safetensors file ({error}). A --format jax export is run with "
-        "jax.export.deserialize (see mobileshuffle_jax.export), not loaded") from error
-  if metadata.get("format") != SAFETENSORS_FORMAT:
-    raise ValueError(f"{path} is a safetensors file, but not one written by "
-                     f"mobileshuffle_jax.export: its metadata has no format="
-                     f"{SAFETENSORS_FORMAT!r}")
-  if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
-    raise ValueError(f"{path} has format_version {metadata['format_version']}; this version "
-                     f"of mobileshuffle_jax reads up to {FORMAT_VERSION}: upgrade it")
-  missing = [key for key in RECORD_METADATA if key not in metadata]
-  if missing:
-    raise ValueError(f"{path}: metadata {', '.join(missing)} missing")
-  variables = flax.traverse_util.unflatten_dict(flat, sep="/")
-  if set(variables) != {"params", "batch_stats"}:
-    raise ValueError(f"{path} holds the collections {sorted(variables)}; expected "
-                     "'batch_stats' and 'params'")
-  meta = {key: json.loads(metadata[key]) if key in JSON_METADATA else metadata[key]
-          for key in RECORD_METADATA}
-  config_json = meta.pop("config")
-  meta["step"] = int(meta["step"])
-  return variables, meta, config_json
+  safetensors_io.write(path, jax.device_get(predictor.variables),
+                       dict(model_record(predictor), config=predictor.config.to_dict()))
 
 
 # jax.export -------------------------------------------------------------------------------
@@ -229,7 +159,8 @@ def write_jax(predictor: predict.Predictor, path: str, *, batch: int | None = No
       output={"shape": [batch, predictor.num_classes], "dtype": "float32", "values": "logits"},
       platforms=list(exported.platforms), jax_version=jax.__version__,
       run="jax.export.deserialize(bytearray(open(FILE, 'rb').read())).call(images)")
-  with staged(path) as blob_staging, staged(path + SIDECAR_SUFFIX) as sidecar_staging:
+  with staging.staged_file(path) as blob_staging, \
+       staging.staged_file(path + SIDECAR_SUFFIX) as sidecar_staging:
     with open(sidecar_staging, "w") as f:
       json.dump(sidecar, f, indent=2, sort_keys=True)
     with open(blob_staging, "wb") as f:

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mobileshuffle_jax import input_pipeline, predict, preprocessing
+from mobileshuffle_jax import input_pipeline, predict, preprocessing, staging
 
 QUANTIZATIONS = ("none", "dynamic", "int8")
 DEFAULT_CALIBRATION_DATA = "train"
@@ -269,8 +269,8 @@ def write_tflite(predictor: predict.Predictor, path: str, options: Options = Opt
                    quantize=options.quantize,
                    in_graph_preprocessing=options.in_graph_preprocessing,
                    calibration=calibration)
-  with export.staged(path) as blob_staging, \
-       export.staged(path + export.SIDECAR_SUFFIX) as sidecar_staging:
+  with staging.staged_file(path) as blob_staging, \
+       staging.staged_file(path + export.SIDECAR_SUFFIX) as sidecar_staging:
     with open(sidecar_staging, "w") as f:
       json.dump(record, f, indent=2, sort_keys=True)
     with open(blob_staging, "wb") as f:
