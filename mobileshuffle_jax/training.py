@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -248,15 +249,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       state = initialize_from(state, config.init_from, config.init_from_drop_classifier,
                               replicated)
   is_chief = jax.process_index() == 0
-  mesh_eval = lambda: evaluation.evaluate(
-      model, checkpointing.evaluation_variables(state.variables_item()), config.data,
-      config.eval_batch_size, mesh)
+
+  def evaluate_now():
+    return evaluation.evaluate(model, checkpointing.evaluation_variables(state.variables_item()),
+                               config.data, config.eval_batch_size, mesh)
+
   if start_step >= total_steps:
     # A finished run: report its result, and leave its config as the run that made it.
     log.info("%s already holds step %d of %d: nothing to train; evaluating it.", workdir,
              start_step, total_steps)
     store.close()
-    return mesh_eval()
+    return evaluate_now()
   if is_chief:
     checkpointing.write_config_json(workdir, config_json)
 
@@ -271,7 +274,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   step_rng = jax.random.fold_in(rng, 1)
   pending_metrics = []
   eval_metrics: dict = {}
-  failed = True
   try:
     for step in range(start_step + 1, total_steps + 1):
       state, metrics = train_step(state, parallel.global_batch(next(batches), mesh), step_rng)
@@ -286,7 +288,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         store.check_for_errors()  # a failed background save stops the run here
       eval_metrics = {}
       if step % config.eval_every_steps == 0 or (is_last and not preempted):
-        eval_metrics = mesh_eval()
+        eval_metrics = evaluate_now()
         writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
         reporter.report_eval(step, eval_metrics)
       if step % config.checkpoint_every_steps == 0 or is_last or eval_metrics:
@@ -300,19 +302,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         store.wait()
         log.info("Stopped by %s: saved step %d to %s; rerun the same command to resume.",
                  preemption.signal_name, step, store.directory)
-        failed = False
         return {"preempted_at_step": step, "signal": preemption.signal_name}
-    result = eval_metrics or mesh_eval()
-    failed = False
-    return result
+    return eval_metrics or evaluate_now()
   finally:
     preemption.close()
+    already_failing = sys.exc_info()[0] is not None
     try:
       store.wait()
     except checkpointing.CheckpointSaveError:
-      if not failed:
-        raise
-      # Already failing: the error in flight says more than a save that it cut short.
+      if not already_failing:
+        raise  # else the error in flight says more than the save it cut short
     store.close()
     writer.close()
 
