@@ -12,12 +12,12 @@ of batch 64 (about 53 epochs), in under 5 minutes of training on a 2-core CPU.
 
 import ml_collections
 
-from mobileshuffle_jax import input_pipeline
+from mobileshuffle_jax import data_defaults
 
 
 def data_config() -> ml_collections.ConfigDict:
   """The input pipeline's defaults (ImageNet's) with the digits data set's overrides."""
-  data = input_pipeline.default_data_config()
+  data = data_defaults.default_data_config()
   data.name = "digits"
   data.image_size = 32
   data.train_crop_area_range = (0.6, 1.0)

@@ -302,10 +302,10 @@ def write_photo_folder(root: str, per_class: int = PHOTOS_PER_CLASS) -> None:
 def measure_input_pipeline(spec: dict) -> dict:
   """Training preprocessing of `input_pipeline` on spec['data'] ('photos': see
   `write_photo_folder`), prepared first into spec['data_dir'] or a temporary directory."""
-  from mobileshuffle_jax import input_pipeline
+  from mobileshuffle_jax import data_defaults, input_pipeline
 
   with tempfile.TemporaryDirectory(prefix="bench-input-") as scratch:
-    config = input_pipeline.default_data_config()
+    config = data_defaults.default_data_config()
     config.name = spec["data"]
     config.data_dir = spec["data_dir"] or os.path.join(scratch, "tfds")
     if spec["data"] == "photos":

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mobileshuffle_jax import staging
+from mobileshuffle_jax import data_defaults, staging
 
 CHECKPOINT_SUBDIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -331,8 +331,6 @@ def write_converted(out_dir: str, converted) -> None:
   at the end (`staging.staged_directory`), so a failure leaves no partial `out_dir`; an
   existing non-empty `out_dir` is refused rather than mixed with.
   """
-  from mobileshuffle_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and os.listdir(out_dir):
     raise ValueError(f"--out {out_dir} exists and is not empty; choose a new directory")
@@ -340,7 +338,7 @@ def write_converted(out_dir: str, converted) -> None:
   if preprocessing.get("channel_order", "rgb") != "rgb":
     raise ValueError(f"{converted.source}: checkpoints of this package read RGB images; "
                      f"got channel_order={preprocessing['channel_order']!r}")
-  data = input_pipeline.default_data_config()
+  data = data_defaults.default_data_config()
   data.image_size = preprocessing["image_size"]
   data.normalization = preprocessing["normalization"]
   data.eval_crop_ratio = preprocessing["eval_crop_ratio"]

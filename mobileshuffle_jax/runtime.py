@@ -16,8 +16,8 @@ import warnings
 
 from absl import app, flags
 
-# Before anything imports TensorFlow or jaxlib (a config file imports the input pipeline
-# while the flags are parsed): their C++ banners and notices stay off the console.
+# Before anything imports TensorFlow or jaxlib (the entry points import this module
+# before parsing their flags): their C++ banners and notices stay off the console.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 flags.DEFINE_string("coordinator_address", None,

@@ -321,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags.FLAGS([parser.prog] + [arg for arg in rest if not arg.startswith("--config.")])
   except flags.Error as error:
     parser.error(str(error))
-  runtime.initialize()  # before the configs import TensorFlow (through input_pipeline)
+  runtime.initialize()
   try:
     sweep = load_sweep(args.sweep)
     cells = select(sweep, args.only)

@@ -12,14 +12,14 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from sklearn import datasets as sklearn_datasets
 
-from mobileshuffle_jax import input_pipeline
+from mobileshuffle_jax import data_defaults, input_pipeline
 from mobileshuffle_jax.datasets import digits, image_folder
 
 NUM_DIGITS = 1797
 
 
 def digits_config(data_dir, **overrides):
-  config = input_pipeline.default_data_config()
+  config = data_defaults.default_data_config()
   config.name = "digits"
   config.data_dir = str(data_dir)
   config.image_size = 32
@@ -207,7 +207,7 @@ def write_image_folder(root):
 
 
 def folder_config(root, data_dir, **overrides):
-  config = input_pipeline.default_data_config()
+  config = data_defaults.default_data_config()
   config.update(name="image_folder", image_folder=str(root), data_dir=str(data_dir),
                 image_size=24, normalization="none", eval_crop_ratio=0.875, **overrides)
   return config
@@ -398,7 +398,7 @@ def test_missing_image_folder_explains_the_layout(tmp_path):
 
 
 def test_imagenet_without_its_tars_says_what_to_download(tmp_path):
-  config = input_pipeline.default_data_config()
+  config = data_defaults.default_data_config()
   config.data_dir = str(tmp_path / "tfds")
   with pytest.raises(input_pipeline.DataError) as unset:
     input_pipeline.prepare(config)

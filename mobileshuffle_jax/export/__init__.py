@@ -36,22 +36,21 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from mobileshuffle_jax import lowering, predict, safetensors_io, staging
+from mobileshuffle_jax.export.records import FORMAT_VERSION, SIDECAR_SUFFIX, model_record
 
 FORMATS = ("safetensors", "jax", "tflite")
 JAX_FORMAT = "mobileshuffle_jax.jax_export"
-FORMAT_VERSION = safetensors_io.FORMAT_VERSION
 # Platforms a `--format jax` function is lowered for; it runs on any of them.
 JAX_PLATFORMS = ("cpu", "cuda", "tpu")
 # jax.export's platform names -> the backend names `lowering.conv_lowering` takes.
 BACKEND_OF_PLATFORM = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
-SIDECAR_SUFFIX = ".json"
 
 
 def output_paths(out: str, file_format: str) -> list[str]:
@@ -96,16 +95,6 @@ def export_checkpoint(workdir: str, out: str, *, file_format: str = "safetensors
   else:
     tflite.write_tflite(predictor, out, options)
   return predictor
-
-
-def model_record(predictor: predict.Predictor) -> dict[str, Any]:
-  """What identifies the exported model and says how to feed it."""
-  return {"model": predictor.config.model,
-          "model_options": {**predictor.config.model_options.to_dict(),
-                            "num_classes": predictor.num_classes},
-          "preprocessing": predictor.preprocessing,
-          "params_sha256": predictor.params_sha256, "step": predictor.step,
-          "class_names": list(predictor.class_names)}
 
 
 # safetensors ------------------------------------------------------------------------------

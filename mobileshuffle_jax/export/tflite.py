@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from mobileshuffle_jax import input_pipeline, predict, preprocessing, staging
+from mobileshuffle_jax.export import records
 
 QUANTIZATIONS = ("none", "dynamic", "int8")
 DEFAULT_CALIBRATION_DATA = "train"
@@ -229,12 +230,11 @@ def calibration_images(config: ml_collections.ConfigDict, *, data: str, count: i
 def sidecar(predictor: predict.Predictor, *, batch: int, resolution: int, quantize: str,
             in_graph_preprocessing: bool, calibration: dict | None) -> dict:
   """What `FILE.json` records (the checker reads `input` and `model`)."""
-  from mobileshuffle_jax import export  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   normalization = predictor.preprocessing["normalization"]
   return dict(
-      format=FORMAT, format_version=export.FORMAT_VERSION, **export.model_record(predictor),
+      format=FORMAT, format_version=records.FORMAT_VERSION, **records.model_record(predictor),
       input={"shape": [batch, resolution, resolution, predictor.model.input_channels],
              "dtype": "float32",
              "values": "RGB 0..255" if in_graph_preprocessing else
@@ -248,7 +248,6 @@ def sidecar(predictor: predict.Predictor, *, batch: int, resolution: int, quanti
 def write_tflite(predictor: predict.Predictor, path: str, options: Options = Options()
                  ) -> None:
   """`predictor` converted to `path` (and `path + '.json'`); nothing written on failure."""
-  from mobileshuffle_jax import export  # pylint: disable=g-import-not-at-top
 
   resolution = options.resolution or predictor.image_size
   normalization = (None if options.in_graph_preprocessing
@@ -270,7 +269,7 @@ def write_tflite(predictor: predict.Predictor, path: str, options: Options = Opt
                    in_graph_preprocessing=options.in_graph_preprocessing,
                    calibration=calibration)
   with staging.staged_file(path) as blob_staging, \
-       staging.staged_file(path + export.SIDECAR_SUFFIX) as sidecar_staging:
+       staging.staged_file(path + records.SIDECAR_SUFFIX) as sidecar_staging:
     with open(sidecar_staging, "w") as f:
       json.dump(record, f, indent=2, sort_keys=True)
     with open(blob_staging, "wb") as f:
