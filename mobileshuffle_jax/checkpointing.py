@@ -51,27 +51,27 @@ class CheckpointSaveError(OSError):
   """A checkpoint that could not be written (read-only or full file system, ...)."""
 
 
-def params_sha256(variables: dict[str, Any]) -> str:
-  """A fingerprint of parameters: SHA-256 over sorted paths, dtypes, shapes and bytes."""
+def _sha256(named_arrays) -> str:
+  """SHA-256 over (name, array) pairs, in the order given: names, dtypes, shapes, bytes."""
   digest = hashlib.sha256()
-  flat = flax.traverse_util.flatten_dict(jax.device_get(variables), sep="/")
-  for path in sorted(flat):
-    value = np.ascontiguousarray(flat[path])
-    digest.update(f"{path}:{value.dtype.str}:{value.shape};".encode())
+  for name, array in named_arrays:
+    value = np.ascontiguousarray(array)
+    digest.update(f"{name}:{value.dtype.str}:{value.shape};".encode())
     digest.update(value.tobytes())
   return digest.hexdigest()
+
+
+def params_sha256(variables: dict[str, Any]) -> str:
+  """A fingerprint of parameters: SHA-256 over sorted paths, dtypes, shapes and bytes."""
+  flat = flax.traverse_util.flatten_dict(jax.device_get(variables), sep="/")
+  return _sha256((path, flat[path]) for path in sorted(flat))
 
 
 def tree_sha256(tree) -> str:
   """A fingerprint of any pytree of arrays (an optimizer state): SHA-256 over its key
   paths, dtypes, shapes and bytes, in flattening order."""
-  digest = hashlib.sha256()
   leaves, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))
-  for path, leaf in leaves:
-    value = np.ascontiguousarray(leaf)
-    digest.update(f"{jax.tree_util.keystr(path)}:{value.dtype.str}:{value.shape};".encode())
-    digest.update(value.tobytes())
-  return digest.hexdigest()
+  return _sha256((jax.tree_util.keystr(path), leaf) for path, leaf in leaves)
 
 
 def verify_fingerprint(name: str, tensors, meta: dict, *, step: int, where: str) -> str:
@@ -241,7 +241,8 @@ def _quiet_absl_warnings() -> Iterator[None]:
 
 @dataclasses.dataclass(frozen=True)
 class RestoredCheckpoint:
-  """One checkpoint read for inference: its step, metadata and evaluation variables."""
+  """One checkpoint read for inference: its step, metadata, evaluation variables (host
+  arrays) and directory."""
 
   step: int
   meta: dict
