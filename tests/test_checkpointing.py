@@ -118,11 +118,13 @@ FAILING_SAVE = textwrap.dedent("""\
     mount -t tmpfs -o "size=$SIZE" tmpfs "$W/checkpoints" || exit 97
     "$@" > "$W.stdout" 2> "$W.stderr" &
     pid=$!
+    # Once the first checkpoint is complete: read-only (the kernel refuses while a file
+    # is open for writing: retry), or full (a file takes all the space left).
+    while [ ! -d "$W/checkpoints/4" ] && kill -0 $pid 2>/dev/null; do sleep 0.05; done
     if [ "$MODE" = read-only ]; then
-      # Read-only once the first checkpoint is complete (the kernel refuses while a file
-      # is open for writing: retry).
-      while [ ! -d "$W/checkpoints/4" ] && kill -0 $pid 2>/dev/null; do sleep 0.05; done
       until mount -o remount,ro "$W/checkpoints" 2>/dev/null; do sleep 0.02; done
+    else
+      dd if=/dev/zero of="$W/checkpoints/.filler" bs=64k 2>/dev/null
     fi
     wait $pid; status=$?
     # While the file system is still mounted: what a reader finds there now.
@@ -142,8 +144,7 @@ def unshare_available():
 
 @pytest.mark.parametrize("mode,size,reason", [
     ("read-only", "64m", "Read-only file system"),
-    # Room for the first checkpoint (about 1.7 MB with its optimizer state), not a second.
-    ("full", "2600k", "No space left on device"),
+    ("full", "64m", "No space left on device"),
 ])
 def test_failed_save_stops_the_run_in_one_line(tmp_path, data_dir, mode, size, reason):
   if not unshare_available():
