@@ -14,19 +14,10 @@ import sys
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 import tqdm
 
 from mobileshuffle_jax import checkpointing, input_pipeline, model_config, parallel
-
-
-
-def cross_entropy(logits, labels, label_smoothing: float = 0.0):
-  """Per-example softmax cross-entropy against integer labels."""
-  targets = jax.nn.one_hot(labels, logits.shape[-1])
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
+from mobileshuffle_jax.train_step import cross_entropy
 
 
 @functools.partial(jax.jit, static_argnums=0)

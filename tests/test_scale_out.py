@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from mobileshuffle_jax import checkpointing, evaluation, model_config, parallel, training
+from mobileshuffle_jax import (checkpointing, evaluation, model_config, parallel, train_step,
+                               training)
 
 from configs import default
 from tests.conftest import REPO, make_tiny_config
@@ -81,7 +82,7 @@ def test_sharded_step_communicates_only_reductions(model, options):
   config.model, config.model_options, config.lowering = model, options, "auto"
   config.global_batch_size = 32
   config.data.image_size = 32
-  compiled = training.lower_train_step(config, num_classes=1000).compile()
+  compiled = train_step.lower_train_step(config, num_classes=1000).compile()
   found = parallel.collectives(compiled.as_text())
   assert set(found) == {"all-reduce"}, found
   # What is reduced is the gradients, BN statistics and a few metrics: nothing that grows

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobileshuffle_jax import checkpointing, evaluation, training
+from mobileshuffle_jax import checkpointing, evaluation, train_step, training
 
 from tests.conftest import REPO, SUBPROCESS_ENV, copy_of
 
@@ -147,7 +147,7 @@ def test_init_from_loads_every_tensor_and_can_drop_the_classifier(tmp_path, tiny
     model = training.model_config.build_model(config, num_classes)
     tx = training.optim.create_optimizer(config, training.optim.learning_rate_schedule(
         config, 10.0, 100))
-    return jax.jit(training.make_init_fn(model, tx, config),
+    return jax.jit(train_step.make_init_fn(model, tx, config),
                    out_shardings=replicated)(jax.random.key(1))
 
   state = training.initialize_from(fresh_state(10), source, False, replicated)
