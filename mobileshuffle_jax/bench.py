@@ -109,7 +109,7 @@ def measure_jax(spec: dict) -> dict:
   import numpy as np
   import optax
 
-  from mobileshuffle_jax import lowering, models
+  from mobileshuffle_jax import models
 
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[spec["dtype"]]
   model = models.build(spec["model"], lowering=spec["lowering"], dtype=dtype,
@@ -169,9 +169,7 @@ def measure_jax(spec: dict) -> dict:
   stats = device.memory_stats() if device.platform != "cpu" else None
   if stats and "peak_bytes_in_use" in stats:
     figures["memory"]["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
-  resolved = spec["lowering"]
-  if resolved == "auto":
-    resolved = lowering.AUTO.get(device.platform, lowering.AUTO_DEFAULT)
+  resolved = models.resolve_lowering(spec["lowering"], device.platform)
   return {"framework": "jax", "lowering": spec["lowering"], "resolved_lowering": resolved,
           "versions": f"JAX {jax.__version__}", "backend": device.platform,
           "device": device.device_kind, **figures}

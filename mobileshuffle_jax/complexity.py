@@ -28,8 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mobileshuffle_jax import models, paper
-from mobileshuffle_jax.models import norm
+from mobileshuffle_jax import layers, models, paper
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,19 +66,19 @@ def _size(tree) -> int:
 def count(model: nn.Module, resolution: int | tuple[int, int]) -> Complexity:
   """Mult-adds (per image) and trainable parameters of `model` at `resolution`.
 
-  Counted on the model's canonical form (XLA's convs, every conv an `nn.Conv`): a faster
-  lowering computes the same convs with the same variables.
+  Counted on the paper's form of the model (lowering 'xla': every conv an `nn.Conv`):
+  a faster lowering computes the same convs with the same variables.
   """
-  model = model.clone(conv_lowering=None)
+  model = models.with_lowering(model, "xla")
   height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
   images = jax.ShapeDtypeStruct((1, height, width, model.input_channels), jnp.float32)
-  layers = []
+  costs = []
 
   def record(next_fun, args, kwargs, context):
     outputs = next_fun(*args, **kwargs)
     module = context.module
     if context.method_name != "__call__" or not isinstance(
-        module, (nn.Conv, nn.Dense, norm.BatchNorm)):
+        module, (nn.Conv, nn.Dense, layers.BatchNorm)):
       return outputs
     inputs = args[0]
     if isinstance(module, nn.Conv):
@@ -89,7 +88,7 @@ def count(model: nn.Module, resolution: int | tuple[int, int]) -> Complexity:
       kind, per_output = "dense", inputs.shape[-1]
     else:
       kind, per_output = "norm", 0
-    layers.append(LayerCost("/".join(module.path), kind, tuple(outputs.shape[1:]),
+    costs.append(LayerCost("/".join(module.path), kind, tuple(outputs.shape[1:]),
                             math.prod(outputs.shape[1:]) * per_output,
                             _size(module.variables.get("params", {}))))
     return outputs
@@ -99,7 +98,7 @@ def count(model: nn.Module, resolution: int | tuple[int, int]) -> Complexity:
       return model.init(jax.random.key(0), images, train=False)
 
   variables = jax.eval_shape(init, images)
-  return Complexity(tuple(layers), _size(variables["params"]))
+  return Complexity(tuple(costs), _size(variables["params"]))
 
 
 def format_table(result: Complexity) -> str:

@@ -1,11 +1,10 @@
-"""Layers shared by MobileNet v1 and ShuffleNet v1 (Flax Linen).
+"""The layers of MobileNet v1 and ShuffleNet v1, as the papers draw them (Flax Linen).
 
-Every convolution is a plain `nn.Conv`: depthwise is `feature_group_count == channels`,
-a pointwise group convolution is a 1x1 conv with `feature_group_count == groups`. The
-parameter layout is therefore always flax's `(kh, kw, in // groups, out)`; a faster
-lowering for a backend swaps only the `conv_general_dilated` function the conv calls.
-The one exception, `GroupBlocksConv`, declares the very variable `nn.Conv` would: it
-computes a pointwise group conv on inputs already split by group (see `ShuffleUnit`).
+Every convolution is an `nn.Conv`: depthwise is `feature_group_count == channels`, a
+pointwise group convolution is a 1x1 conv with `feature_group_count == groups`, so the
+parameter layout is flax's `(kh, kw, in // groups, out)`. The channel shuffle is a
+reshape and a transpose. Layers take their `conv` and `norm` as factories: the models
+inject these, or others that compute the same with the same variables.
 """
 
 from __future__ import annotations
@@ -15,8 +14,7 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-
-from mobileshuffle_jax import lowering
+from jax import lax
 
 ModuleDef = Any
 Activation = Callable[[jnp.ndarray], jnp.ndarray]
@@ -86,6 +84,60 @@ def pool(x: jnp.ndarray, kind: str, padding: str) -> jnp.ndarray:
   return nn.avg_pool(x, **window, count_include_pad=False)  # TensorFlow's SAME rule
 
 
+def group_examples(x: jnp.ndarray, group_size: int | None) -> jnp.ndarray:
+  """NHWC x as (groups, group_size, H, W, C): each group of examples has its own BatchNorm
+  statistics; one group of the whole batch for group_size None."""
+  batch = x.shape[0]
+  if group_size is not None and (group_size <= 0 or batch % group_size):
+    raise ValueError(f"bn_group_size={group_size} must divide the batch of {batch}")
+  groups = 1 if group_size is None else batch // group_size
+  # (groups, k, ...) keeps each group's reduction on the device that holds it.
+  return x.reshape(groups, batch // groups, *x.shape[1:])
+
+
+class BatchNorm(nn.Module):
+  """Batch normalization (Ioffe and Szegedy 2015) over the last axis.
+
+  In training, each run of `group_size` consecutive examples is normalized with its own
+  mean and (biased) variance; None takes the whole batch, exactly as `nn.BatchNorm`, and
+  with group_size = the per-device batch no statistics cross devices. The running
+  averages take the mean over groups. The variables are `nn.BatchNorm`'s ('scale',
+  'bias'; 'batch_stats': 'mean', 'var'), kept in float32 whatever `dtype`; statistics
+  are computed in float32 or wider.
+  """
+
+  use_running_average: bool
+  momentum: float = 0.99
+  epsilon: float = 1e-3
+  group_size: int | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+    running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+    statistics_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    if self.use_running_average:
+      multiplier = lax.rsqrt(running_var.value + self.epsilon) * scale
+      y = (x.astype(statistics_dtype) - running_mean.value) * multiplier + bias
+      return y.astype(self.dtype)
+    grouped = group_examples(x, self.group_size).astype(statistics_dtype)
+    axes = (1, 2, 3)  # each group's examples and pixels
+    mean = jnp.mean(grouped, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(grouped - mean), axis=axes, keepdims=True)
+    y = (grouped - mean) * lax.rsqrt(var + self.epsilon) * scale + bias
+    if not self.is_initializing():
+      running_mean.value = (self.momentum * running_mean.value
+                            + (1 - self.momentum) * jnp.mean(mean, axis=(0, 1, 2, 3)))
+      running_var.value = (self.momentum * running_var.value
+                           + (1 - self.momentum) * jnp.mean(var, axis=(0, 1, 2, 3)))
+    return y.reshape(x.shape).astype(self.dtype)
+
+
 class ConvBN(nn.Module):
   """Conv (no bias) -> BatchNorm -> optional activation: the unit every layer is made of."""
 
@@ -131,84 +183,33 @@ class DepthwiseSeparable(nn.Module):
     return layer(self.features, 1, name="pointwise")(x)
 
 
-class GroupBlocksConv(nn.Module):
-  """A 1x1 conv with `len(blocks)` groups, on its input split into one block per group.
-
-  Group k's output channels depend on block k alone, so each is one matrix product and
-  the result is again one block per group, with no slicing or concatenation of the
-  activations around the products. The variable is the `kernel` (1, 1, in // groups,
-  out) an `nn.Conv` with `feature_group_count=groups` declares at the same path, with the
-  same initializer: the two are interchangeable, parameters, checkpoints and all.
-  """
-
-  features: int
-  kernel_init: Callable
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, blocks: tuple[jnp.ndarray, ...]) -> tuple[jnp.ndarray, ...]:
-    groups, in_per_group = len(blocks), blocks[0].shape[-1]
-    if any(block.shape[-1] != in_per_group for block in blocks) or self.features % groups:
-      raise ValueError(f"GroupBlocksConv: {groups} groups need input blocks of one width "
-                       f"(got {[block.shape[-1] for block in blocks]}) and features="
-                       f"{self.features} divisible by {groups}")
-    kernel = self.param("kernel", self.kernel_init, (1, 1, in_per_group, self.features),
-                        self.param_dtype)
-    weights = kernel.reshape(in_per_group, groups, self.features // groups).astype(self.dtype)
-    return tuple(lowering.pointwise_conv(block.astype(self.dtype), weights[:, k], 1)
-                 for k, block in enumerate(blocks))
-
-
-class GroupBlocksConvBN(nn.Module):
-  """`ConvBN` of a 1x1 group conv on blocks (see `GroupBlocksConv`), with its variables."""
-
-  features: int
-  block_conv: ModuleDef
-  norm: ModuleDef
-  activation: Activation | None = None
-
-  @nn.compact
-  def __call__(self, blocks: tuple[jnp.ndarray, ...]) -> tuple[jnp.ndarray, ...]:
-    blocks = self.norm(name="bn")(self.block_conv(self.features, name="conv")(blocks))
-    return blocks if self.activation is None else tuple(map(self.activation, blocks))
-
-
-def joined(x: jnp.ndarray | tuple[jnp.ndarray, ...]) -> jnp.ndarray:
-  """x, or the channel blocks x joined into one array."""
-  return jnp.concatenate(x, axis=-1) if isinstance(x, tuple) else x
-
-
-def _split(x: jnp.ndarray | tuple[jnp.ndarray, ...], groups: int) -> tuple[jnp.ndarray, ...]:
-  if isinstance(x, tuple) and len(x) == groups:
-    return x
-  return tuple(jnp.split(joined(x), groups, axis=-1))
-
-
 # Where the stride-2 unit puts its pooled shortcut in the concat. The paper leaves it
 # open; pytorchcv puts the main branch first, the authors' release the shortcut first.
 CONCAT_ORDERS = ("main_first", "shortcut_first")
 # The unit's channel shuffle: "paper" is `channel_shuffle`; "inverse" is
 # `inverse_channel_shuffle`, the permutation of the authors' release.
-SHUFFLE_ORDERS = ("paper", "inverse")
+SHUFFLES = {"paper": channel_shuffle, "inverse": inverse_channel_shuffle}
+SHUFFLE_ORDERS = tuple(SHUFFLES)
+
+
+def shuffle_unit_widths(in_channels: int, out_channels: int, strides: int) -> tuple[int, int]:
+  """(bottleneck, main branch output) channels of a ShuffleNet unit.
+
+  The bottleneck is a quarter of the output; a stride-2 unit's main branch makes
+  out_channels - in_channels, which the concatenated shortcut completes.
+  """
+  if strides == 1 and in_channels != out_channels:
+    raise ValueError(f"a stride-1 ShuffleUnit needs in_channels == out_channels, got "
+                     f"{in_channels} and {out_channels}")
+  return out_channels // 4, out_channels - (in_channels if strides == 2 else 0)
 
 
 class ShuffleUnit(nn.Module):
   """ShuffleNet v1 unit (paper Fig. 2 b and c).
 
   Main branch: GConv1x1 -> BN -> ReLU -> shuffle -> DW3x3 (stride) -> BN -> GConv1x1 -> BN,
-  with no ReLU after the depthwise conv and a bottleneck of out_channels / 4. Stride 1 adds
-  the identity; stride 2 concatenates a 3x3 stride-2 average pool of the input, so its main
-  branch produces out_channels - in_channels. ReLU after the merge.
-
-  With a `block_conv` (a `GroupBlocksConv` partial) the unit computes the same with the
-  same variables, carrying its input and output as a tuple of `groups` channel blocks:
-  the expand conv's group k and the next unit's compress group k cover the same channels,
-  so each group's products, BN and residual addition run on its own block, and channels
-  are only joined by the shuffle and at stride-2 units. The output blocks are then
-  computed once for all their readers (`lowering.materialized`): XLA:CPU would recompute
-  each unit's residual sums inside the next units' own. The input may be an array or
-  such a tuple either way; the output is a tuple exactly when `block_conv` is set.
+  with no ReLU after the depthwise conv. Stride 1 adds the identity; stride 2 concatenates
+  a 3x3 stride-2 average pool of the input. ReLU after the merge.
   """
 
   out_channels: int
@@ -221,56 +222,28 @@ class ShuffleUnit(nn.Module):
   padding: str = "same"
   concat_order: str = "main_first"
   shuffle_order: str = "paper"
-  block_conv: ModuleDef | None = None
 
   @nn.compact
   def __call__(self, x):
-    in_channels = sum(block.shape[-1] for block in x) if isinstance(x, tuple) else x.shape[-1]
-    bottleneck = self.out_channels // 4
-    if self.strides == 1:
-      if in_channels != self.out_channels:
-        raise ValueError(f"a stride-1 ShuffleUnit needs in_channels == out_channels, got "
-                         f"{in_channels} and {self.out_channels}")
-      branch_channels = self.out_channels
-    else:
-      branch_channels = self.out_channels - in_channels
-    layer = functools.partial(ConvBN, conv=self.conv, norm=self.norm, padding=self.padding)
-    block_layer = functools.partial(GroupBlocksConvBN, block_conv=self.block_conv,
-                                    norm=self.norm)
+    bottleneck, branch_channels = shuffle_unit_widths(x.shape[-1], self.out_channels,
+                                                      self.strides)
     compress_groups = self.groups if self.compress_groups is None else self.compress_groups
-    blocks = self.block_conv is not None
-
-    if blocks and compress_groups > 1:
-      y = block_layer(bottleneck, activation=nn.relu, name="compress")(
-          _split(x, compress_groups))
-    else:
-      y = layer(bottleneck, 1, groups=compress_groups, activation=nn.relu,
-                name="compress")(joined(x))
-    if self.shuffle and self.groups > 1:
-      if isinstance(y, tuple) and self.shuffle_order == "paper":
-        # channel_shuffle of the joined blocks, as one interleaving copy.
-        y = jnp.stack(y, axis=-1).reshape(*y[0].shape[:-1], bottleneck)
-      else:
-        shuffle = channel_shuffle if self.shuffle_order == "paper" else inverse_channel_shuffle
-        y = shuffle(joined(y), self.groups)
-    y = layer(bottleneck, 3, strides=self.strides, groups=bottleneck,
-              name="depthwise")(joined(y))
-    if blocks:
-      y = block_layer(branch_channels, name="expand")(_split(y, self.groups))
-    else:
-      y = layer(branch_channels, 1, groups=self.groups, name="expand")(y)
-
+    layer = functools.partial(ConvBN, conv=self.conv, norm=self.norm, padding=self.padding)
+    y = layer(bottleneck, 1, groups=compress_groups, activation=nn.relu, name="compress")(x)
+    if self.shuffle:
+      y = SHUFFLES[self.shuffle_order](y, self.groups)
+    y = layer(bottleneck, 3, strides=self.strides, groups=bottleneck, name="depthwise")(y)
+    y = layer(branch_channels, 1, groups=self.groups, name="expand")(y)
     if self.strides == 1:
-      if blocks:
-        return tuple(lowering.materialized(nn.relu(a + b))
-                     for a, b in zip(_split(x, self.groups), y))
-      return nn.relu(joined(x) + y)
-    shortcut = pool(joined(x), "avg", self.padding)
-    parts = (joined(y), shortcut)
-    if self.concat_order == "shortcut_first":
-      parts = parts[::-1]
-    out = nn.relu(jnp.concatenate(parts, axis=-1))
-    return _split(lowering.materialized(out), self.groups) if blocks else out
+      return nn.relu(x + y)
+    return nn.relu(concatenate_with_shortcut(y, pool(x, "avg", self.padding),
+                                             self.concat_order))
+
+
+def concatenate_with_shortcut(main, shortcut, concat_order: str):
+  """A stride-2 unit's merge: the main branch and the pooled input, in `concat_order`."""
+  parts = (main, shortcut) if concat_order == "main_first" else (shortcut, main)
+  return jnp.concatenate(parts, axis=-1)
 
 
 def check_images(x: jnp.ndarray, input_channels: int, min_size: int) -> None:

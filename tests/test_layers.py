@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobileshuffle_jax import layers, lowering
+from mobileshuffle_jax import fast, layers
 from mobileshuffle_jax.models import common
 
 EPSILON = 1e-3
@@ -111,11 +111,11 @@ def random_input(shape, seed=0):
   return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-def conv_and_norm():
-  """The conv and BN factories the models build, at inference (train=False), float32,
-  with XLA's own convolution."""
-  return common.conv_and_norm(train=False, dtype=jnp.float32, bn_momentum=0.9,
-                              bn_epsilon=EPSILON, conv_lowering=None)
+def conv_and_norm(conv=nn.Conv, norm=layers.BatchNorm):
+  """The conv and BN factories the models build, at inference (train=False), float32;
+  by default the paper's (XLA's own convolution)."""
+  return common.conv_and_norm(conv, norm, train=False, dtype=jnp.float32, bn_momentum=0.9,
+                              bn_epsilon=EPSILON)
 
 
 def random_variables(module, x, seed=1):
@@ -346,28 +346,26 @@ SHUFFLE_UNIT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("group_blocks", [False, True], ids=["joined", "group_blocks"])
+@pytest.mark.parametrize("implementation", ["paper", "fast"])
 @pytest.mark.parametrize(
     "stride,groups,in_channels,out_channels,shuffle,concat_order,padding,size,compress_groups",
     SHUFFLE_UNIT_CASES)
 def test_shuffle_unit_matches_reference(stride, groups, in_channels, out_channels, shuffle,
                                         concat_order, padding, size, compress_groups,
-                                        group_blocks):
-  """With `group_blocks` the unit takes and returns one block of channels per group."""
+                                        implementation):
+  """The paper's unit, and `fast.ShuffleUnit` (channel blocks) with its conv and norm."""
   x = random_input((2, size, size, in_channels))
-  conv, norm = conv_and_norm()
-  unit = layers.ShuffleUnit(out_channels, stride, groups, conv=conv, norm=norm,
-                            compress_groups=compress_groups, shuffle=shuffle,
-                            padding=padding, concat_order=concat_order)
-  unit_input = x
-  if group_blocks:
-    canonical_variables = jax.eval_shape(unit.init, jax.random.key(0), x)
-    unit = unit.clone(block_conv=common.group_blocks_conv(lowering.fast_conv, jnp.float32))
-    unit_input = tuple(np.split(x, groups, axis=-1))
-    # The same variables, names and shapes, as the unit on one array.
-    assert (jax.tree.map(np.shape, jax.eval_shape(unit.init, jax.random.key(0), unit_input))
-            == jax.tree.map(np.shape, canonical_variables))
-  variables = random_variables(unit, unit_input)
+  fields = dict(compress_groups=compress_groups, shuffle=shuffle, padding=padding,
+                concat_order=concat_order)
+  unit = layers.ShuffleUnit(out_channels, stride, groups, *conv_and_norm(), **fields)
+  if implementation == "fast":
+    paper_variables = jax.eval_shape(unit.init, jax.random.key(0), x)
+    unit = fast.ShuffleUnit(out_channels, stride, groups,
+                            *conv_and_norm(fast.Conv, fast.BatchNorm), **fields)
+    # The same variables, names and shapes, as the paper's unit.
+    assert (jax.tree.map(np.shape, jax.eval_shape(unit.init, jax.random.key(0), x))
+            == jax.tree.map(np.shape, paper_variables))
+  variables = random_variables(unit, x)
   bottleneck = out_channels // 4
   branch = out_channels - in_channels if stride == 2 else out_channels
   params = variables["params"]
@@ -393,11 +391,7 @@ def test_shuffle_unit_matches_reference(stride, groups, in_channels, out_channel
     parts = (y, shortcut) if concat_order == "main_first" else (shortcut, y)
     return np.maximum(np.concatenate(parts, axis=-1), 0.0)
 
-  out = unit.apply(variables, unit_input)
-  if group_blocks:
-    assert [block.shape[-1] for block in out] == [out_channels // groups] * groups
-    out = jnp.concatenate(out, axis=-1)
-  out = np.asarray(out)
+  out = np.asarray(unit.apply(variables, x))
   out_size = -(-size // stride)
   assert out.shape == (2, out_size, out_size, out_channels)
   expected = merge(x, main_branch(x, shuffle))
@@ -418,28 +412,9 @@ def test_shuffle_unit_matches_reference(stride, groups, in_channels, out_channel
     assert_matches(shortcut_part, shortcut)
 
 
-def test_group_blocks_conv_is_the_grouped_conv_with_its_variable():
-  """`GroupBlocksConv` on the blocks of x initializes the same kernel as the grouped
-  `nn.Conv` (values too) and computes the same conv, block by block."""
-  groups, x = 4, random_input((2, 5, 5, 12))
-  conv, _ = conv_and_norm()
-  grouped = conv(8, (1, 1), feature_group_count=groups, use_bias=False)
-  blocks = common.group_blocks_conv(lowering.fast_conv, jnp.float32)(8)
-  split = tuple(np.split(x, groups, axis=-1))
-  variables = grouped.init(jax.random.key(3), x)
-  jax.tree.map(np.testing.assert_array_equal, blocks.init(jax.random.key(3), split),
-               variables)
-  out = blocks.apply(variables, split)
-  assert [block.shape for block in out] == [(2, 5, 5, 2)] * groups
-  assert_matches(jnp.concatenate(out, axis=-1),
-                 reference_conv(x, variables["params"]["kernel"], 1, "same", groups))
-  with pytest.raises(ValueError, match="blocks of one width"):
-    blocks.init(jax.random.key(3), (x[..., :4], x[..., 4:]))
-
-
-def test_stride_1_shuffle_unit_needs_matching_channels():
-  conv, norm = conv_and_norm()
-  unit = layers.ShuffleUnit(48, 1, 3, conv=conv, norm=norm)
+@pytest.mark.parametrize("unit", [layers.ShuffleUnit, fast.ShuffleUnit])
+def test_stride_1_shuffle_unit_needs_matching_channels(unit):
+  unit = unit(48, 1, 3, *conv_and_norm())
   with pytest.raises(ValueError, match="in_channels == out_channels"):
     jax.eval_shape(unit.init, jax.random.key(0), jnp.zeros((1, 8, 8, 24)))
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mobileshuffle_jax import complexity, layers, models
-from mobileshuffle_jax.models import mobilenet_v1, norm, shufflenet_v1
+from mobileshuffle_jax.models import mobilenet_v1, shufflenet_v1
 
 RESOLUTIONS = (224, 192, 160, 128, 161)  # the paper's four and an odd one
 PADDINGS = layers.PADDING_CONVENTIONS
@@ -60,10 +60,10 @@ class Trace:
 def trace(model, resolution, batch=2) -> Trace:
   """Shapes only: `model.init` under `jax.eval_shape`, nothing computed or compiled.
 
-  Traced in the canonical form, every conv an `nn.Conv` (test_lowering.py proves the
-  faster forms equal to it).
+  Traced in the paper's form (lowering 'xla'; test_fast.py proves the faster forms equal
+  to it).
   """
-  model = model.clone(conv_lowering=None)
+  model = models.with_lowering(model, "xla")
   convs, norms, blocks = [], [], {}
 
   def record(next_fun, args, kwargs, context):
@@ -74,7 +74,7 @@ def trace(model, resolution, batch=2) -> Trace:
       if isinstance(module, nn.Conv):
         convs.append((path, args[0].shape, outputs.shape, module.feature_group_count,
                       tuple(module.kernel_size), tuple(module.strides)))
-      elif isinstance(module, norm.BatchNorm):
+      elif isinstance(module, layers.BatchNorm):
         norms.append((path, outputs.shape))
       if len(module.path) == 1:
         blocks[module.path[0]] = (args[0].shape, outputs.shape)
@@ -284,13 +284,13 @@ def numpy_variables(model, images, seed=0):
 
 
 TRAIN_CASES = [
-    # The default lowering (on CPU, `lowering.fast_conv`'s shifted multiply-adds)...
+    # The default lowering (on CPU, `fast`'s shifted multiply-adds)...
     ("mobilenet_v1", dict(alpha=0.25, activation="relu6", dropout_rate=0.5)),
-    # ...and XLA's own convolution (conv_lowering=None), the default on accelerators.
+    # ...and the paper's code with XLA's own convolution, the default on accelerators.
     # Shallow (2, 4, 2 units) halves the compile time and still has every kind of unit.
     ("shufflenet_v1", dict(groups=3, scale=0.25, variant="shallow", padding="symmetric",
                            concat_order="shortcut_first", dropout_rate=0.5,
-                           conv_lowering=None)),
+                           lowering="xla")),
 ]
 
 
@@ -408,9 +408,9 @@ def xla_accounting(model, seen: Trace) -> tuple[int, int]:
 @pytest.mark.parametrize("name,options", [("mobilenet_v1", dict(alpha=1.0)),
                                           ("shufflenet_v1", dict(groups=3, scale=1.0))])
 def test_xla_flops_agree_with_counter(name, options):
-  # XLA's own convolution (conv_lowering=None), whose cost XLA counts per conv: a faster
+  # XLA's own convolution (lowering 'xla'), whose cost XLA counts per conv: a faster
   # lowering computes the same sums with other primitives and other flop counts.
-  model, resolution = models.build(name, conv_lowering=None, **options), 128
+  model, resolution = models.build(name, lowering="xla", **options), 128
   mult_adds = complexity.count(model, resolution).mult_adds
   seen = trace(model, resolution, batch=1)
   on_padding, elementwise = xla_accounting(model, seen)

@@ -25,8 +25,8 @@ The batch dimension is symbolic (any batch) unless `--batch` fixes it. Beside FI
 `FILE.json` records the model, `params_sha256`, the input shape and the preprocessing a
 caller must still do (`eval_crop_ratio`: the centre crop resized to `image_size`). The
 function runs under the jax release that wrote it and under newer ones within jax.export's
-backward-compatibility window; each conv is computed the way `lowering.conv_lowering`
-('auto') prefers for the platform that runs it, decided there.
+backward-compatibility window; the model is computed the way the 'auto' lowering
+(`mobileshuffle_jax.fast`) prefers for the platform that runs it, decided there.
 
 Every file is written under a temporary name beside it and renamed at the end, so a
 failure leaves no partial file; an existing FILE (or FILE.json) is refused.
@@ -42,14 +42,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mobileshuffle_jax import lowering, predict, safetensors_io, staging
+from mobileshuffle_jax import models, predict, safetensors_io, staging
 from mobileshuffle_jax.export.records import FORMAT_VERSION, SIDECAR_SUFFIX, model_record
 
 FORMATS = ("safetensors", "jax", "tflite")
 JAX_FORMAT = "mobileshuffle_jax.jax_export"
 # Platforms a `--format jax` function is lowered for; it runs on any of them.
 JAX_PLATFORMS = ("cpu", "cuda", "tpu")
-# jax.export's platform names -> the backend names `lowering.conv_lowering` takes.
+# jax.export's platform names -> the backend names `models.resolve_lowering` takes.
 BACKEND_OF_PLATFORM = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
 
 
@@ -107,31 +107,27 @@ def write_safetensors(predictor: predict.Predictor, path: str) -> None:
 
 # jax.export -------------------------------------------------------------------------------
 
-def conv_decided_by_platform(lhs, rhs, *args, **kwargs):
-  """The models' conv (`conv_lowering` field) with the 'auto' choice made by the platform
+def decided_by_platform(predictor: predict.Predictor, variables, normalization: str):
+  """images -> logits of `predictor`'s model, with the 'auto' lowering chosen by the platform
   that runs the exported function rather than by the one that exports it."""
   def branch(backend: str):
-    conv = lowering.conv_lowering("auto", backend) or lax.conv_general_dilated
-    return lambda lhs, rhs: conv(lhs, rhs, *args, **kwargs)
+    model = models.with_lowering(predictor.model, models.resolve_lowering("auto", backend))
+    return lambda images: predict.preprocess_and_apply(model, variables, images, normalization)
 
-  return lax.platform_dependent(
-      lhs, rhs, **{platform: branch(backend)
-                   for platform, backend in BACKEND_OF_PLATFORM.items()})
+  return lambda images: lax.platform_dependent(
+      images, **{platform: branch(backend) for platform, backend in BACKEND_OF_PLATFORM.items()})
 
 
 def inference_function(predictor: predict.Predictor, *, batch: int | None = None,
                        platforms: Sequence[str] = JAX_PLATFORMS) -> jax.export.Exported:
   """`predictor.predict` as a `jax.export.Exported`: float32 RGB 0..255 images [batch (or
   symbolic), size, size, 3] -> float32 logits, its variables constants."""
-  model = predictor.model.clone(conv_lowering=conv_decided_by_platform)
-  variables = jax.device_get(predictor.variables)
-  normalization = predictor.preprocessing["normalization"]
+  logits = decided_by_platform(predictor, jax.device_get(predictor.variables),
+                               predictor.preprocessing["normalization"])
   size = predictor.image_size
   shape = jax.export.symbolic_shape(
-      f"{'b' if batch is None else batch}, {size}, {size}, {model.input_channels}")
-  logits = jax.jit(lambda images: predict.preprocess_and_apply(
-      model, variables, images, normalization))
-  return jax.export.export(logits, platforms=platforms)(
+      f"{'b' if batch is None else batch}, {size}, {size}, {predictor.model.input_channels}")
+  return jax.export.export(jax.jit(logits), platforms=platforms)(
       jax.ShapeDtypeStruct(shape, jnp.float32))
 
 

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mobileshuffle_jax import input_pipeline, predict, preprocessing, staging
+from mobileshuffle_jax import input_pipeline, models, predict, preprocessing, staging
 from mobileshuffle_jax.export import records
 
 QUANTIZATIONS = ("none", "dynamic", "int8")
@@ -82,12 +82,13 @@ class Options:
 
 def inference_function(predictor: predict.Predictor, *,
                        in_graph_preprocessing: bool = True) -> Callable:
-  """images -> float32 logits with the variables as constants and XLA's canonical convs.
+  """images -> float32 logits with the variables as constants, in the paper's form of the
+  model (lowering 'xla': XLA's canonical convs, which the TFLite converter maps to its ops).
 
   With `in_graph_preprocessing`, images are RGB 0..255 and the checkpoint's normalization is
   part of the function; without, they are already normalized.
   """
-  model = predictor.model.clone(conv_lowering=None)
+  model = models.with_lowering(predictor.model, "xla")
   variables = jax.device_get(predictor.variables)
   normalization = predictor.preprocessing["normalization"]
   if in_graph_preprocessing:

@@ -1,18 +1,17 @@
-"""What every model of this package shares: its conv and norm factories and its head."""
+"""What both models share: their conv and norm partials, their head and their checks."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mobileshuffle_jax import layers, lowering
-from mobileshuffle_jax.models import norm as norm_lib
+from mobileshuffle_jax import layers
 
-# A `lax.conv_general_dilated`-compatible function; None selects XLA's own convolution.
-ConvLowering = Callable[..., jnp.ndarray] | None
+# A factory of Linen modules: a module class, or a function or partial that returns one.
+ModuleDef = Any
 
 # He initialization of every conv kernel, in flax's (kh, kw, in // groups, out) layout.
 CONV_KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -23,29 +22,20 @@ def check_positive(name: str, value: float) -> None:
     raise ValueError(f"{name}={value!r} must be > 0")
 
 
-def conv_and_norm(*, train: bool, dtype: Any, bn_momentum: float, bn_epsilon: float,
-                  conv_lowering: ConvLowering, bn_group_size: int | None = None):
-  """The conv and BatchNorm partials a model builds once (dtype and BN settings in one place).
+def conv_and_norm(conv: ModuleDef, norm: ModuleDef, *, train: bool, dtype: Any,
+                  bn_momentum: float, bn_epsilon: float, bn_group_size: int | None = None):
+  """The `conv` and `norm` factories with a model's settings bound, once per model.
 
   Parameters and BN statistics stay float32 whatever the compute `dtype`.
   `bn_group_size` (None: the whole batch) is where training statistics come from (see
-  `norm.BatchNorm`).
+  `layers.BatchNorm`).
   """
-  conv = functools.partial(nn.Conv, dtype=dtype, param_dtype=jnp.float32,
-                           kernel_init=CONV_KERNEL_INIT, conv_general_dilated=conv_lowering)
-  norm = functools.partial(norm_lib.BatchNorm, use_running_average=not train,
-                           momentum=bn_momentum, epsilon=bn_epsilon, group_size=bn_group_size,
-                           dtype=dtype, param_dtype=jnp.float32)
-  return conv, norm
-
-
-def group_blocks_conv(conv_lowering: ConvLowering, dtype: Any):
-  """A `layers.GroupBlocksConv` partial where `conv_lowering` computes grouped 1x1 convs
-  faster one group's block at a time (see `lowering.runs_group_blocks`), else None."""
-  if not lowering.runs_group_blocks(conv_lowering):
-    return None
-  return functools.partial(layers.GroupBlocksConv, kernel_init=CONV_KERNEL_INIT, dtype=dtype,
+  conv = functools.partial(conv, dtype=dtype, param_dtype=jnp.float32,
+                           kernel_init=CONV_KERNEL_INIT)
+  norm = functools.partial(norm, use_running_average=not train, momentum=bn_momentum,
+                           epsilon=bn_epsilon, group_size=bn_group_size, dtype=dtype,
                            param_dtype=jnp.float32)
+  return conv, norm
 
 
 def classify(x, *, num_classes: int, dropout_rate: float, train: bool, use_bias: bool = True):

@@ -55,7 +55,9 @@ class MobileNetV1(nn.Module):
   input_channels: int = 3
   bn_group_size: int | None = None  # training BN statistics: None whole batch, k per k examples
   dtype: Any = jnp.float32
-  conv_lowering: common.ConvLowering = None
+  # The conv and BatchNorm modules: the paper's, or others with the same variables.
+  conv: common.ModuleDef = nn.Conv
+  norm: common.ModuleDef = layers.BatchNorm
 
   def __post_init__(self):
     common.check_positive("alpha", self.alpha)
@@ -75,10 +77,9 @@ class MobileNetV1(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool = False):
     layers.check_images(images, self.input_channels, MIN_RESOLUTION)
-    conv, norm = common.conv_and_norm(train=train, dtype=self.dtype,
+    conv, norm = common.conv_and_norm(self.conv, self.norm, train=train, dtype=self.dtype,
                                       bn_momentum=self.bn_momentum,
                                       bn_epsilon=self.bn_epsilon,
-                                      conv_lowering=self.conv_lowering,
                                       bn_group_size=self.bn_group_size)
     activation = layers.ACTIVATIONS[self.activation]
     conv_bn = functools.partial(layers.ConvBN, conv=conv, norm=norm, activation=activation,

@@ -89,7 +89,10 @@ class ShuffleNetV1(nn.Module):
   input_channels: int = 3
   bn_group_size: int | None = None  # training BN statistics: None whole batch, k per k examples
   dtype: Any = jnp.float32
-  conv_lowering: common.ConvLowering = None
+  # The conv, BatchNorm and unit modules: the paper's, or others with the same variables.
+  conv: common.ModuleDef = nn.Conv
+  norm: common.ModuleDef = layers.BatchNorm
+  unit: common.ModuleDef = layers.ShuffleUnit
 
   def __post_init__(self):
     layers.check_choice("groups", self.groups, GROUPS)
@@ -132,21 +135,19 @@ class ShuffleNetV1(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool = False):
     layers.check_images(images, self.input_channels, MIN_RESOLUTION)
-    conv, norm = common.conv_and_norm(train=train, dtype=self.dtype,
+    conv, norm = common.conv_and_norm(self.conv, self.norm, train=train, dtype=self.dtype,
                                       bn_momentum=self.bn_momentum,
                                       bn_epsilon=self.bn_epsilon,
-                                      conv_lowering=self.conv_lowering,
                                       bn_group_size=self.bn_group_size)
     x = images.astype(self.dtype)
     x = layers.ConvBN(self.stem_channels, 3, conv=conv, norm=norm, strides=2,
                       activation=nn.relu, padding=self.padding, name="stem")(x)
     x = layers.pool(x, "max", self.padding)
-    unit = functools.partial(layers.ShuffleUnit, groups=self.groups, conv=conv, norm=norm,
+    unit = functools.partial(self.unit, groups=self.groups, conv=conv, norm=norm,
                              shuffle=self.shuffle, padding=self.padding,
                              concat_order=self.concat_order,
-                             shuffle_order=self.shuffle_order,
-                             block_conv=common.group_blocks_conv(self.conv_lowering, self.dtype))
+                             shuffle_order=self.shuffle_order)
     for name, stride, channels, compress_groups in self.unit_specs():
       x = unit(channels, stride, compress_groups=compress_groups, name=name)(x)
-    return common.classify(layers.joined(x), num_classes=self.num_classes, dropout_rate=self.dropout_rate,
+    return common.classify(x, num_classes=self.num_classes, dropout_rate=self.dropout_rate,
                            train=train, use_bias=self.classifier_bias)

@@ -1,10 +1,8 @@
 """Faster lowerings of the convolutions MobileNet v1 and ShuffleNet v1 are made of.
 
-Every conv of the models is a flax `nn.Conv` (NHWC input, HWIO kernel of shape
-`(kh, kw, in // groups, out)`), and the models hand it a `lax.conv_general_dilated`-
-compatible function (their `conv_lowering` field). `fast_conv` is such a function: it
-computes the same convolution with primitives XLA:CPU runs well, and passes everything
-else to `lax.conv_general_dilated` unchanged:
+`Conv` is flax's `nn.Conv` with `fast_conv` as its `conv_general_dilated`: the same
+variables, computed with primitives XLA:CPU runs well, everything else passed on to
+`lax.conv_general_dilated` unchanged:
 
 - depthwise (feature_group_count == in == out channels, any kernel size and padding):
   one multiply-add of a strided window of the padded input per kernel tap. XLA:CPU
@@ -14,7 +12,9 @@ else to `lax.conv_general_dilated` unchanged:
   the output gradient, one stride-1 sum per stride parity plane, and the kernel gradient
   as one reduction per tap.
 - 1x1, dense or grouped, stride 1: one matrix product per group over the channel axis,
-  with a backward that never transposes activations inside another fusion.
+  with a backward that never transposes activations inside another fusion. A grouped 1x1
+  `Conv` also takes its input as a tuple of one channel block per group and returns one
+  block per group (`fast.ShuffleUnit` keeps activations so).
 - dense convs with few inputs per output (kh * kw * in <= 27: the RGB stems): one
   multiply-add of a window of one input channel, broadcast over the output channels, per
   kernel entry. XLA:CPU's own convolution of 3 input channels, with the BN and ReLU it
@@ -23,41 +23,17 @@ else to `lax.conv_general_dilated` unchanged:
 Each conv's output (and the depthwise input gradient) is computed once into a buffer that
 all its readers share (`materialized`): left to itself XLA:CPU recomputes these
 multiply-adds inside every consumer.
-
-Under `fast_conv` a model also keeps the activations between grouped 1x1 convs split by
-group (`runs_group_blocks`; ShuffleNet's units, `layers.GroupBlocksConv`): each group's
-product reads and writes its own array, where a grouped conv of one array slices its
-input into copies and concatenates the products into another. Each unit's output is
-materialized too.
-
-The parameter layout does not change, so parameters, checkpoints and gradients are the
-same under any lowering; only speed differs (tests/test_lowering.py checks equality).
-`conv_lowering(name, backend)` picks a lowering by name:
-
-- 'xla': None, i.e. XLA's own convolution;
-- 'fast': `fast_conv`;
-- 'auto': per backend. On CPU 'fast' (MobileNet v1 1.0 and ShuffleNet v1 1x g=3 at
-  224 px, batch 32, run several times faster, training and inference:
-  `python -m mobileshuffle_jax.bench --lowering all`). Elsewhere 'xla', unmeasured: GPU
-  and TPU convolutions run depthwise and grouped convs as native kernels (cuDNN, the
-  TPU's convolution units) in one pass over the activations, where the kernel gradient
-  here reads them once per tap, and the 1x1 products are the same matrix products either
-  way. The bench's `--lowering all` measures both wherever a device is at hand.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-LOWERINGS = ("auto", "xla", "fast")
-# What 'auto' is per backend (see the module docstring); backends not listed get AUTO_DEFAULT.
-AUTO = {"cpu": "fast"}
-AUTO_DEFAULT = "xla"
 
 # flax's `nn.Conv` calls the lowering with NHWC input, HWIO kernel and NHWC output.
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
@@ -360,34 +336,33 @@ def fast_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation
   return canonical()
 
 
-def _auto_conv(lhs, rhs, *args, **kwargs):
-  """'auto' resolved when a conv is traced, for the default backend of that moment."""
-  conv = conv_lowering("auto", jax.default_backend()) or lax.conv_general_dilated
-  return conv(lhs, rhs, *args, **kwargs)
+class Conv(nn.Conv):
+  """`nn.Conv` computed by `fast_conv`: the same variables, the same results.
 
-
-def runs_group_blocks(conv: Callable | None) -> bool:
-  """Whether a model whose convs run `conv` should keep activations split by group
-  between grouped 1x1 convs (see the module docstring): under `fast_conv`, whose grouped
-  products are one per group anyway. Decided for 'auto' when the model is traced."""
-  if conv is _auto_conv:
-    conv = conv_lowering("auto", jax.default_backend())
-  return conv is fast_conv
-
-
-def conv_lowering(name: str, backend: str | None = None) -> Callable | None:
-  """The `conv_general_dilated` function for the models' `conv_lowering` field.
-
-  'xla': None (flax's default, `lax.conv_general_dilated`); 'fast': `fast_conv`; 'auto':
-  `AUTO`'s choice for `backend` ('cpu', 'gpu', 'tpu'). For backend None, 'auto' is a
-  function that decides when the conv is traced, so that building a model never
-  initializes JAX's backends.
+  A 1x1 conv without bias also takes its input as a tuple of `feature_group_count`
+  channel blocks, one per group, and returns one block per group: group k's output
+  depends on block k alone, so each is one matrix product, with no slicing or
+  concatenation of activations around the products.
   """
-  if name not in LOWERINGS:
-    raise ValueError(f"lowering={name!r} is not supported; allowed values: "
-                     f"{', '.join(repr(n) for n in LOWERINGS)}")
-  if name == "auto":
-    if backend is None:
-      return _auto_conv
-    name = AUTO.get(backend, AUTO_DEFAULT)
-  return fast_conv if name == "fast" else None
+
+  conv_general_dilated: Callable[..., Any] | None = fast_conv
+
+  @nn.compact
+  def __call__(self, inputs):
+    if not isinstance(inputs, tuple):
+      return super().__call__(inputs)
+    groups, in_per_group = len(inputs), inputs[0].shape[-1]
+    if (groups != self.feature_group_count or tuple(self.kernel_size) != (1, 1)
+        or self.use_bias or any(block.shape[-1] != in_per_group for block in inputs)
+        or self.features % groups):
+      raise ValueError(
+          f"fast.Conv takes channel blocks for a 1x1 grouped conv without bias only, one "
+          f"block of one width per group: got {groups} blocks of widths "
+          f"{[block.shape[-1] for block in inputs]} for kernel_size={self.kernel_size}, "
+          f"feature_group_count={self.feature_group_count}, features={self.features}")
+    kernel = self.param("kernel", self.kernel_init, (1, 1, in_per_group, self.features),
+                        self.param_dtype)
+    dtype = self.dtype or jnp.promote_types(inputs[0].dtype, self.param_dtype)
+    weights = kernel.reshape(in_per_group, groups, self.features // groups).astype(dtype)
+    return tuple(pointwise_conv(block.astype(dtype), weights[:, k], 1)
+                 for k, block in enumerate(inputs))

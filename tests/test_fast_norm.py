@@ -1,5 +1,6 @@
-"""BatchNorm over the whole batch equals flax's; over groups, each group's own statistics;
-on channel blocks, the joined array's; its training gradients, autodiff's of the formulas."""
+"""`fast.BatchNorm` and the paper's `layers.BatchNorm`: over the whole batch both equal
+flax's; over groups, each group's own statistics. On channel blocks, `fast.BatchNorm` gives
+the joined array's; its training gradients are autodiff's of the formulas."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobileshuffle_jax.models import norm
+from mobileshuffle_jax import layers
+from mobileshuffle_jax.fast import norm
+
+BATCH_NORMS = pytest.mark.parametrize("batch_norm", [layers.BatchNorm, norm.BatchNorm],
+                                      ids=["paper", "fast"])
 
 
 def run(module, variables, x, train):
@@ -18,10 +23,11 @@ def run(module, variables, x, train):
   return module.apply(variables, x), None
 
 
+@BATCH_NORMS
 @pytest.mark.parametrize("train", [True, False])
-def test_whole_batch_matches_flax_batchnorm(train):
+def test_whole_batch_matches_flax_batchnorm(train, batch_norm):
   x = np.random.default_rng(0).normal(2.0, 3.0, (8, 5, 5, 6)).astype(np.float32)
-  ours = norm.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3)
+  ours = batch_norm(use_running_average=not train, momentum=0.9, epsilon=1e-3)
   theirs = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3)
   variables = theirs.init(jax.random.key(0), x)
   rng = np.random.default_rng(1)
@@ -35,10 +41,11 @@ def test_whole_batch_matches_flax_batchnorm(train):
                stats_ours, stats_theirs)
 
 
-def test_groups_use_their_own_statistics():
+@BATCH_NORMS
+def test_groups_use_their_own_statistics(batch_norm):
   x = np.random.default_rng(0).normal(0.0, 1.0, (6, 4, 4, 3))
   x[3:] = x[3:] * 5.0 + 7.0  # the two groups of 3 differ strongly
-  module = norm.BatchNorm(use_running_average=False, momentum=0.5, epsilon=1e-3, group_size=3)
+  module = batch_norm(use_running_average=False, momentum=0.5, epsilon=1e-3, group_size=3)
   variables = module.init(jax.random.key(0), x.astype(np.float32))
   y, updates = run(module, variables, x.astype(np.float32), True)
   groups = x.reshape(2, 3, 4, 4, 3)
@@ -52,8 +59,9 @@ def test_groups_use_their_own_statistics():
                              0.5 * 1.0 + 0.5 * var.mean(axis=0).ravel(), rtol=1e-5)
 
 
-def test_group_size_must_divide_the_batch():
-  module = norm.BatchNorm(use_running_average=False, group_size=4)
+@BATCH_NORMS
+def test_group_size_must_divide_the_batch(batch_norm):
+  module = batch_norm(use_running_average=False, group_size=4)
   with pytest.raises(ValueError, match="bn_group_size"):
     module.init(jax.random.key(0), np.zeros((6, 2, 2, 3), np.float32))
 

@@ -1,42 +1,27 @@
-"""BatchNorm with a choice of where training statistics come from.
+"""`layers.BatchNorm` with a written-out training gradient, and on channel blocks.
 
-`group_size=None` normalizes with statistics over the whole (global) batch, exactly as
-`nn.BatchNorm`; under data parallelism XLA then all-reduces a mean and a variance per BN
-layer in the forward pass (and their gradients in the backward pass): 27 layers in
-MobileNet v1, 49 in ShuffleNet v1, each a latency-bound collective of a few hundred
-floats. `group_size=k` normalizes each run of k consecutive examples with its own
-statistics; with k = the per-device batch each group lives on one device, so the forward
-pass communicates nothing and only the running averages (the mean over groups, once per
-layer) are reduced. Statistics over groups are what per-replica BN under pmap computed;
-they regularize slightly differently when k is small.
-
-The variables are those of `nn.BatchNorm` ('scale', 'bias'; 'batch_stats': 'mean',
-'var'), so checkpoints do not depend on the choice.
-
+The same variables, statistics and results as `layers.BatchNorm` (tests/test_fast_norm.py).
 Training-mode normalization has a hand-written gradient (`normalize_with_batch_statistics`):
-with autodiff's, normalization was 40% of ShuffleNet's training step on CPU. The input may
-also be a tuple of channel blocks (`layers.GroupBlocksConv`'s output), normalized block by
-block with the joined array's variables.
+with autodiff's, normalization was 40% of ShuffleNet's training step on CPU. The input
+may also be a tuple of consecutive channel blocks of one array (`fast.Conv`'s output for a
+grouped 1x1 conv run one group at a time), normalized block by block with the joined
+array's variables.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mobileshuffle_jax import layers
 
-class BatchNorm(nn.Module):
-  use_running_average: bool
-  momentum: float = 0.99
-  epsilon: float = 1e-3
-  group_size: int | None = None
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+
+class BatchNorm(layers.BatchNorm):
+  """`layers.BatchNorm` (its fields), faster to train on CPU; also takes channel blocks."""
 
   @nn.compact
   def __call__(self, x):
@@ -64,7 +49,8 @@ class BatchNorm(nn.Module):
       outputs, means, variances = [], [], []
       for k, block in enumerate(blocks):
         y, group_mean, group_var = normalize_with_batch_statistics(
-            self._grouped(block), block_of(scale, k), block_of(bias, k), self.epsilon)
+            layers.group_examples(block, self.group_size), block_of(scale, k), block_of(bias, k),
+            self.epsilon)
         outputs.append(y.reshape(block.shape).astype(self.dtype))
         # The running statistics take the mean over groups of examples.
         means.append(jnp.mean(group_mean, axis=(0, 1, 2, 3)))
@@ -75,15 +61,6 @@ class BatchNorm(nn.Module):
         running_var.value = (self.momentum * running_var.value
                              + (1 - self.momentum) * jnp.concatenate(variances))
     return tuple(outputs) if isinstance(x, tuple) else outputs[0]
-
-  def _grouped(self, x):
-    """x as (groups, k, H, W, channels): each group of k examples has its own statistics."""
-    batch = x.shape[0]
-    if self.group_size is not None and (self.group_size <= 0 or batch % self.group_size):
-      raise ValueError(f"bn_group_size={self.group_size} must divide the batch of {batch}")
-    groups = 1 if self.group_size is None else batch // self.group_size
-    # (groups, k, ...) keeps each group's reduction on the device that holds it.
-    return x.reshape(groups, batch // groups, *x.shape[1:])
 
 
 _STATISTICS_AXES = (1, 2, 3)  # of (groups, k, H, W, channels): each group's examples and pixels
