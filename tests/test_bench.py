@@ -4,20 +4,23 @@ import json
 
 import pytest
 
-from mobileshuffle_jax import bench
+from mobileshuffle_jax.bench import __main__ as bench_cli
+from mobileshuffle_jax.bench import peers
+from mobileshuffle_jax.bench import results as bench_results
+from mobileshuffle_jax.bench.figures import FIGURES
 
 TINY = ["--resolution", "64", "--batch", "2", "--repeats", "1", "--matmul-size", "64"]
 
 def _check_figures(result):
   assert "error" not in result, result.get("error")
-  for key in bench.FIGURES:
+  for key in FIGURES:
     assert result[key] > 0, key
   assert "peak_rss_growth_bytes" in result["memory"]
 
 
 def test_json_report_of_our_model(capsys):
-  assert bench.main(["--model", "mobilenet_v1", "--alpha", "0.25", "--lowering", "fast",
-                     "--json", "--tflite", *TINY]) == 0
+  assert bench_cli.main(["--model", "mobilenet_v1", "--alpha", "0.25", "--lowering", "fast",
+                         "--json", "--tflite", *TINY]) == 0
   report = json.loads(capsys.readouterr().out)
   assert report["config"] == {"model": "mobilenet_v1", "options": {"alpha": 0.25},
                               "batch": 2, "resolution": 64, "repeats": 1,
@@ -38,13 +41,13 @@ def test_json_report_of_our_model(capsys):
 def test_peers_run_in_their_own_processes():
   spec = {"model": "mobilenet_v1", "options": {"alpha": 0.25}, "batch": 2, "resolution": 64,
           "repeats": 1}
-  results = [bench.run_in_subprocess(dict(spec, framework=framework))
+  results = [bench_results.run_in_subprocess(dict(spec, framework=framework))
              for framework in ("pytorch", "keras")]
   for result in results:
     _check_figures(result)
   assert results[0]["model_name"] == "pytorchcv mobilenet_wd4"
   ours = dict(results[0], framework="jax", lowering="fast")
-  (speedup,) = [s for s in bench.speedups([ours, results[1]])]
+  (speedup,) = [s for s in bench_results.speedups([ours, results[1]])]
   assert speedup["peer"] == "keras-tf MobileNet" and speedup["train"] > 0
 
 
@@ -55,14 +58,14 @@ def test_peers_run_in_their_own_processes():
     ("shufflenet_v1", {"groups": 3, "scale": 0.5}, "shufflenet_g3_wd2"),
 ])
 def test_pytorchcv_names(model, options, expected):
-  assert bench.pytorchcv_name(model, options) == expected
+  assert peers.pytorchcv_name(model, options) == expected
 
 
 @pytest.mark.parametrize("model,options", [
     ("mobilenet_v1", {"alpha": 0.6}), ("shufflenet_v1", {"groups": 8, "scale": 0.5})])
 def test_configurations_pytorchcv_lacks_are_refused(model, options):
   with pytest.raises(ValueError, match="pytorchcv has no"):
-    bench.pytorchcv_name(model, options)
+    peers.pytorchcv_name(model, options)
 
 
 def test_table_shows_results_errors_ratios_and_the_input_pipeline():
@@ -74,7 +77,7 @@ def test_table_shows_results_errors_ratios_and_the_input_pipeline():
   peer = dict(figures, framework="pytorch", model_name="pytorchcv mobilenet_w1",
               train_images_per_s=5.0, train_cpu_ms_per_image=300.0)
   for result in (ours, peer):
-    bench.add_flop_rates(result, 568_740_352, 200.0)
+    bench_results.add_flop_rates(result, 568_740_352, 200.0)
   results = [ours, peer, {"framework": "keras", "error": "exit status 1: ImportError: keras"}]
   report = {"config": {"model": "mobilenet_v1", "options": {"alpha": 1.0}, "batch": 32,
                        "resolution": 224, "repeats": 5, "dtype": "float32",
@@ -82,10 +85,10 @@ def test_table_shows_results_errors_ratios_and_the_input_pipeline():
             "machine": {"backend": "cpu", "device": "cpu", "cpu_count": 2,
                         "matmul_size": 4096, "matmul_gflops": 200.0},
             "mult_adds_per_image": 568_740_352, "results": results,
-            "speedups": bench.speedups(results),
+            "speedups": bench_results.speedups(results),
             "input_pipeline": {"data": "digits", "images_per_s": 900.0,
                                "images_per_cpu_s": 500.0}}
-  table = bench.format_report(report)
+  table = bench_results.format_report(report)
   assert "ours (fast)" in table and "error: exit status 1: ImportError: keras" in table
   assert "ours (fast) / pytorchcv mobilenet_w1: 2.00  1.00  1.00;  2.00  1.00" in table
   assert "cores it needs to feed ours (fast) training: 0.02" in table
@@ -103,11 +106,11 @@ def test_rounds_give_medians_and_ratios_taken_within_each_round():
   rounds = [[_result("jax", 12, 100, lowering="fast"), _result("pytorch", 10, 50)],
             [_result("jax", 6, 50, lowering="fast"), _result("pytorch", 5, 25)],
             [_result("jax", 14, 90, lowering="fast"), _result("pytorch", 10, 60)]]
-  ours, peer = bench.combine_rounds(rounds)
+  ours, peer = bench_results.combine_rounds(rounds)
   assert (ours["train_images_per_s"], ours["infer_images_per_s"]) == (12, 90)
   assert (peer["train_images_per_s"], peer["infer_images_per_s"]) == (10, 50)
   assert ours["rounds"] == 3 and ours["memory"]["peak_rss_growth_bytes"] == 14 * 2**20
-  (pair,) = bench.median_speedups(rounds)
+  (pair,) = bench_results.median_speedups(rounds)
   assert (pair["ours"], pair["peer"]) == ("ours (fast)", "pytorch")
   # Ratios per round: train 1.2, 1.2, 1.4; infer 2.0, 2.0, 1.5.
   assert pair["train"] == pytest.approx(1.2) and pair["infer"] == pytest.approx(2.0)
@@ -119,12 +122,12 @@ def test_a_model_that_failed_in_any_round_reports_its_error_and_no_ratio():
   rounds = [[_result("jax", 12, 100, lowering="fast"), _result("keras", 10, 50)],
             [_result("jax", 12, 100, lowering="fast"),
              {"framework": "keras", "error": "timed out after 60 s"}]]
-  ours, keras = bench.combine_rounds(rounds)
+  ours, keras = bench_results.combine_rounds(rounds)
   assert "error" not in ours and keras["error"] == "timed out after 60 s"
-  assert bench.median_speedups(rounds) == []
+  assert bench_results.median_speedups(rounds) == []
 
 
 def test_rounds_must_be_positive(capsys):
   with pytest.raises(SystemExit):
-    bench.main(["--rounds", "0", *TINY])
+    bench_cli.main(["--rounds", "0", *TINY])
   assert "--rounds=0 must be at least 1" in capsys.readouterr().err

@@ -1,0 +1,169 @@
+"""Speed of our models against PyTorch (pytorchcv) and Keras 3 on TensorFlow.
+
+    python -m mobileshuffle_jax.bench --model mobilenet_v1 --alpha 1.0 --lowering all --peers
+    python -m mobileshuffle_jax.bench --model shufflenet_v1 --groups 3 --scale 1.0 --json
+
+For each measured model (ours under each requested conv lowering, and with `--peers` the
+pytorchcv model of the same configuration and, for MobileNet, Keras' MobileNet on the
+TensorFlow backend) it reports, after warm-up, the median over `--repeats` of:
+
+- training-step images/s: forward, backward, SGD-momentum update and BN statistics update
+  (ours: training's own step, `train_step.make_train_step`, jitted with donated state);
+- inference images/s at `--batch`, and batch-1 latency (ms);
+- CPU milliseconds per image (process CPU time, all threads) of both: on a machine shared
+  with other work, contention stretches wall time far more than the CPU time a step needs;
+- compile time (ours: lowering plus XLA compilation of each function; peers: their first
+  call, which for Keras includes tracing its tf.function);
+- memory: the process's peak resident set growth over the measurement, XLA's compiled
+  buffer sizes for ours, and on GPU the device's peak bytes in use.
+
+The achieved FLOP rate counts 2 FLOPs per mult-add of `complexity.count` (classifier
+included) per image for inference, and three times that (forward, input gradient and
+weight gradient) for a training step. It is set against the rate of a large float32
+matmul measured by JAX on the same machine, a practical ceiling.
+
+Every model is measured in its own subprocess, one after the other, so that thread pools,
+allocators and peak memory do not interfere. `--rounds N` measures every model N times in
+turn (ours, then each peer, then again): figures are medians over the rounds, and each ratio
+is the median of the ratios within each round, so that a change of load on a shared machine
+falls on both sides of most ratios instead of on one model. Peers always run in float32
+(PyTorch NCHW, Keras NHWC) with each framework's default threading.
+
+Allocator: on Linux, `--malloc hugepages` (the default) starts every measured process,
+ours and peers alike, with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, so that glibc backs
+large allocations with transparent huge pages. XLA:CPU allocates an execution's buffers
+anew each time (over a GiB for a MobileNet training step at batch 16); with 4 KiB pages
+they fault in again on every step, which costs such a step about a fifth of its CPU time.
+`--malloc system` measures glibc's defaults. The same variable speeds up training runs.
+
+`--tflite` also times batch-1 latency of our model exported to TFLite (float32, built-in
+ops, `mobileshuffle_jax.export.tflite`) in the LiteRT interpreter with XNNPACK, 1 and 2
+threads: what a phone runtime makes of it on this CPU.
+
+`--input-pipeline [DATASET]` also times `input_pipeline.measure_train_throughput`: the
+training preprocessing (JPEG decode fused with the random crop, flip, resize) at
+`--resolution`, and reports how many cores it needs to feed our training step. The default,
+`photos`, is an image folder of ImageNet-sized JPEGs (500 px on the longer side, quality
+90, 4:2:0 chroma as cameras write them) cut from the two photographs scikit-learn ships,
+built in a temporary directory; any other name is a data set of `input_pipeline` (e.g.
+`digits`, whose 32 px JPEGs cost far less to decode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+from mobileshuffle_jax.bench import litert, ours, peers, photos, results
+
+MODELS = ("mobilenet_v1", "shufflenet_v1")
+# Each a function of a spec, run by `--worker` in the process `results.run_in_subprocess`
+# starts; none imports its framework before it is called.
+MEASURE = {"jax": ours.measure_jax, "pytorch": peers.measure_pytorch,
+           "keras": peers.measure_keras, "input_pipeline": photos.measure_input_pipeline,
+           "litert": litert.measure_litert}
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m mobileshuffle_jax.bench",
+                                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("--model", choices=MODELS, default="mobilenet_v1")
+  parser.add_argument("--alpha", type=float, default=1.0, help="MobileNet width multiplier")
+  parser.add_argument("--groups", type=int, default=3, help="ShuffleNet groups")
+  parser.add_argument("--scale", type=float, default=1.0, help="ShuffleNet scale")
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--resolution", type=int, default=224)
+  # models.LOWERINGS, spelled out: importing models here would load JAX into every worker,
+  # the peers' included.
+  parser.add_argument("--lowering", choices=("auto", "xla", "fast", "all"), default="auto",
+                      help="our conv lowering; 'all': 'xla' and 'fast'")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="our compute dtype (peers run float32)")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="measure every model this many times in turn; medians over rounds")
+  parser.add_argument("--peers", action="store_true",
+                      help="also measure pytorchcv and (MobileNet) Keras on TensorFlow")
+  parser.add_argument("--matmul-size", type=int, default=4096)
+  parser.add_argument("--malloc", choices=tuple(results.MALLOC_ENV), default="hugepages")
+  parser.add_argument("--input-pipeline", nargs="?", const="photos", metavar="DATASET",
+                      help="also time the training input pipeline on DATASET (default "
+                           "photos: ImageNet-sized JPEGs made locally)")
+  parser.add_argument("--data-dir", help="tfds data_dir for --input-pipeline")
+  parser.add_argument("--tflite", action="store_true",
+                      help="also time batch-1 latency of our model exported to TFLite, in "
+                           "LiteRT (XNNPACK) with 1 and 2 threads")
+  parser.add_argument("--input-batches", type=int, default=20)
+  parser.add_argument("--json", action="store_true", help="print one JSON object")
+  parser.add_argument("--worker", help=argparse.SUPPRESS)  # a spec, from run_in_subprocess
+  return parser
+
+
+def main(argv=None) -> int:
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if args.worker:
+    spec = json.loads(args.worker)
+    print(json.dumps(MEASURE[spec["framework"]](spec)))
+    return 0
+
+  import jax
+
+  from mobileshuffle_jax import complexity, models
+
+  if args.model == "mobilenet_v1":
+    options = {"alpha": args.alpha}
+  else:
+    options = {"groups": args.groups, "scale": args.scale}
+  try:
+    mult_adds = complexity.count(models.build(args.model, **options),
+                                 args.resolution).mult_adds
+    peer_name = peers.pytorchcv_name(args.model, options) if args.peers else None
+  except ValueError as error:
+    parser.error(str(error))
+  common = {"model": args.model, "options": options, "batch": args.batch,
+            "resolution": args.resolution, "repeats": args.repeats}
+  if args.lowering == "all":
+    lowerings = tuple(name for name in models.LOWERINGS if name != "auto")
+  else:
+    lowerings = (args.lowering,)
+  specs = [dict(common, framework="jax", lowering=name, dtype=args.dtype) for name in lowerings]
+  if peer_name:
+    specs.append(dict(common, framework="pytorch"))
+    if args.model == "mobilenet_v1":
+      specs.append(dict(common, framework="keras"))
+  if args.rounds < 1:
+    parser.error(f"--rounds={args.rounds} must be at least 1")
+  rounds = [[results.run_in_subprocess(spec, args.malloc) for spec in specs]
+            for _ in range(args.rounds)]
+  combined = results.combine_rounds(rounds)
+
+  device = jax.devices()[0]
+  matmul_gflops = ours.measure_matmul(args.matmul_size, args.repeats)
+  for result in combined:
+    if "error" not in result:
+      results.add_flop_rates(result, mult_adds, matmul_gflops)
+  report = {"config": dict(common, dtype=args.dtype, malloc=args.malloc, rounds=args.rounds),
+            "machine": {"backend": device.platform, "device": device.device_kind,
+                        "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                        "matmul_size": args.matmul_size, "matmul_gflops": matmul_gflops},
+            "mult_adds_per_image": mult_adds, "results": combined,
+            "speedups": results.median_speedups(rounds)}
+  if args.input_pipeline:
+    report["input_pipeline"] = results.run_in_subprocess(
+        {"framework": "input_pipeline", "data": args.input_pipeline,
+         "data_dir": args.data_dir, "resolution": args.resolution, "batch": args.batch,
+         "batches": args.input_batches}, args.malloc)
+  if args.tflite:
+    report["litert"] = results.run_in_subprocess(
+        {"framework": "litert", "model": args.model, "options": options,
+         "resolution": args.resolution, "repeats": max(args.repeats, 50)}, args.malloc)
+  print(json.dumps(report) if args.json else results.format_report(report))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,88 @@
+"""Our model's figures under one conv lowering, and the matmul rate they are set against."""
+
+from __future__ import annotations
+
+from mobileshuffle_jax.bench import figures
+from mobileshuffle_jax.timing import measure
+
+
+def measure_jax(spec: dict) -> dict:
+  """Our model's figures under one conv lowering (see `mobileshuffle_jax.bench.__main__`).
+
+  The training step is training's own (`train_step.make_train_step`) with plain
+  SGD-momentum, jitted with the state donated.
+  """
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  import numpy as np
+  import optax
+
+  from mobileshuffle_jax import models, train_step
+
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[spec["dtype"]]
+  model = models.build(spec["model"], lowering=spec["lowering"], dtype=dtype,
+                       **spec["options"])
+  batch, resolution, repeats = spec["batch"], spec["resolution"], spec["repeats"]
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.standard_normal((batch, resolution, resolution, 3)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, model.num_classes, batch), jnp.int32)
+  examples = {"images": images, "labels": labels}
+  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images[:1])
+  learning_rate = 0.01
+  optimizer = optax.sgd(learning_rate, momentum=0.9)
+  state = train_step.TrainState(
+      step=jnp.zeros((), jnp.int32), params=variables["params"],
+      batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]),
+      ema_params=None)
+  step_fn = train_step.make_train_step(
+      model, optimizer, optax.constant_schedule(learning_rate),
+      ml_collections.ConfigDict({"label_smoothing": 0.0, "ema_decay": 0.0}))
+  step_rng = jax.random.key(1)
+
+  def infer(variables, images):
+    return model.apply(variables, images, train=False)
+
+  rss_before = figures.peak_rss_bytes()
+  compiled_train, compile_train_s = figures.timed(
+      lambda: jax.jit(step_fn, donate_argnums=0).lower(state, examples, step_rng).compile())
+  compiled_infer, compile_infer_s = figures.timed(
+      lambda: jax.jit(infer).lower(variables, images).compile())
+  infer_one = jax.jit(infer).lower(variables, images[:1]).compile()
+
+  def run_train():
+    nonlocal state
+    state, _ = compiled_train(state, examples, step_rng)
+    jax.block_until_ready(state)
+
+  train = measure(run_train, repeats)
+  # The training step donated the arrays `variables` started with.
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  inference = measure(lambda: compiled_infer(variables, images).block_until_ready(), repeats)
+  latency = measure(lambda: infer_one(variables, images[:1]).block_until_ready(),
+                    max(repeats, 10))
+  result = figures.from_timings(batch, train, inference, latency, compile_train_s,
+                                compile_infer_s, rss_before)
+  for name, compiled in (("train", compiled_train), ("infer", compiled_infer)):
+    analysis = compiled.memory_analysis()
+    if analysis is not None:
+      result["memory"][f"{name}_temp_bytes"] = int(analysis.temp_size_in_bytes)
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and "peak_bytes_in_use" in stats:
+    result["memory"]["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+  return {"framework": "jax", "lowering": spec["lowering"],
+          "resolved_lowering": models.resolve_lowering(spec["lowering"], device.platform),
+          "versions": f"JAX {jax.__version__}", "backend": device.platform,
+          "device": device.device_kind, **result}
+
+
+def measure_matmul(size: int, repeats: int) -> float:
+  """GFLOP/s of a float32 size x size matmul in JAX: a practical ceiling for the models."""
+  import jax
+  import jax.numpy as jnp
+
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  return 2 * size**3 / measure(lambda: matmul(a, b).block_until_ready(), repeats).wall_s / 1e9

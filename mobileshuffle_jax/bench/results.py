@@ -1,0 +1,160 @@
+"""Running the measurements and reading their results: each model in its own process,
+rounds combined into medians, ratios of ours to the peers, FLOP rates and the table."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from mobileshuffle_jax.bench.figures import FIGURES
+
+MALLOC_ENV = {"hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "system": {}}
+
+
+def run_in_subprocess(spec: dict, malloc: str = "hugepages",
+                      timeout_s: float | None = None) -> dict:
+  """`__main__.MEASURE[spec['framework']](spec)` in a fresh Python process (the bench's
+  `--worker`); its result (or error)."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **MALLOC_ENV[malloc])
+  if spec["framework"] == "keras":
+    env["KERAS_BACKEND"] = "tensorflow"
+  command = [sys.executable, "-m", "mobileshuffle_jax.bench", "--worker", json.dumps(spec)]
+  try:
+    done = subprocess.run(command, env=env, capture_output=True, text=True,
+                          timeout=timeout_s, check=False)
+  except subprocess.TimeoutExpired:
+    return {**spec, "error": f"timed out after {timeout_s} s"}
+  lines = done.stdout.strip().splitlines()
+  if done.returncode != 0 or not lines:
+    tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+    return {**spec, "error": f"exit status {done.returncode}: {tail}"}
+  return json.loads(lines[-1])
+
+
+def add_flop_rates(result: dict, mult_adds: int, matmul_gflops: float) -> None:
+  """Achieved GFLOP/s (2 per mult-add, 3 passes for training) and their share of the matmul."""
+  infer = 2 * mult_adds * result["infer_images_per_s"] / 1e9
+  train = 3 * 2 * mult_adds * result["train_images_per_s"] / 1e9
+  result.update(infer_gflops=infer, train_gflops=train,
+                infer_fraction_of_matmul=infer / matmul_gflops,
+                train_fraction_of_matmul=train / matmul_gflops)
+
+
+def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
+  """One result per measured model from `rounds` (each a list of results, models in order).
+
+  Figures are medians over the rounds, memory the largest of each figure; a model that failed
+  in any round is reported with its first error.
+  """
+  combined = []
+  for measurements in zip(*rounds):
+    errors = [m for m in measurements if "error" in m]
+    if errors:
+      combined.append(errors[0])
+      continue
+    result = dict(measurements[0], rounds=len(measurements))
+    for key in FIGURES:
+      result[key] = statistics.median(m[key] for m in measurements)
+    result["memory"] = {key: max(m["memory"][key] for m in measurements)
+                        for key in measurements[0]["memory"]}
+    combined.append(result)
+  return combined
+
+
+def median_speedups(rounds: list[list[dict]]) -> list[dict]:
+  """For every pair of models measured in every round, the median of each `speedups` ratio
+  over the rounds (each ratio taken within one round), and the ratios of each round."""
+  per_round = [{(pair["ours"], pair["peer"]): pair for pair in speedups(results)}
+               for results in rounds]
+  combined = []
+  for pair in speedups(combine_rounds(rounds)):
+    in_rounds = [pairs[pair["ours"], pair["peer"]] for pairs in per_round]
+    ratios = [key for key in pair if key not in ("ours", "peer")]
+    combined.append({"ours": pair["ours"], "peer": pair["peer"],
+                     **{key: statistics.median(p[key] for p in in_rounds) for key in ratios},
+                     "by_round": [{key: p[key] for key in ratios} for p in in_rounds]})
+  return combined
+
+
+def _label(result: dict) -> str:
+  if result["framework"] == "jax":
+    return f"ours ({result['lowering']})"
+  return result.get("model_name", result["framework"])
+
+
+def speedups(results: list[dict]) -> list[dict]:
+  """ours / peer for every (our lowering, peer) pair: above 1 means ours is faster.
+
+  `*_cpu` compare CPU time per image (peer / ours), the steadier figure on a shared machine.
+  """
+  ours = [r for r in results if r["framework"] == "jax" and "error" not in r]
+  peers = [r for r in results if r["framework"] in ("pytorch", "keras") and "error" not in r]
+  return [{"ours": _label(a), "peer": _label(b),
+           "train": a["train_images_per_s"] / b["train_images_per_s"],
+           "infer": a["infer_images_per_s"] / b["infer_images_per_s"],
+           "latency": b["latency_ms"] / a["latency_ms"],
+           "train_cpu": b["train_cpu_ms_per_image"] / a["train_cpu_ms_per_image"],
+           "infer_cpu": b["infer_cpu_ms_per_image"] / a["infer_cpu_ms_per_image"]}
+          for a in ours for b in peers]
+
+
+def _memory_mib(result: dict) -> str:
+  memory = result["memory"]
+  key = "device_peak_bytes" if "device_peak_bytes" in memory else "peak_rss_growth_bytes"
+  return f"{memory[key] / 2**20:.0f}"
+
+
+def format_report(report: dict) -> str:
+  """The report as a table for people (`--json` prints `report` itself)."""
+  config, machine = report["config"], report["machine"]
+  lines = [f"{config['model']} {config['options']} at {config['resolution']} px, batch "
+           f"{config['batch']}, {config['dtype']}; {machine['backend']} "
+           f"({machine['device']}, {machine['cpu_count']} CPUs); median of "
+           f"{config['repeats']} repeats, {config['rounds']} round(s); malloc "
+           f"{config['malloc']}",
+           f"{report['mult_adds_per_image'] / 1e6:.1f} M mult-adds per image; float32 "
+           f"{machine['matmul_size']}^2 matmul: {machine['matmul_gflops']:.0f} GFLOP/s"]
+  header = ("model", "train img/s", "infer img/s", "batch-1 ms", "CPU ms/img train/infer",
+            "compile s train/infer", "peak MiB", "GFLOP/s infer", "GFLOP/s train")
+  rows = []
+  for r in report["results"]:
+    if "error" in r:
+      rows.append((_label(r), "error: " + r["error"].strip().splitlines()[-1][:80]))
+      continue
+    rows.append((_label(r), f"{r['train_images_per_s']:.1f}", f"{r['infer_images_per_s']:.1f}",
+                 f"{r['latency_ms']:.1f}",
+                 f"{r['train_cpu_ms_per_image']:.0f} / {r['infer_cpu_ms_per_image']:.1f}",
+                 f"{r['compile_train_s']:.1f} / {r['compile_infer_s']:.1f}", _memory_mib(r),
+                 f"{r['infer_gflops']:.0f} ({100 * r['infer_fraction_of_matmul']:.0f}%)",
+                 f"{r['train_gflops']:.0f} ({100 * r['train_fraction_of_matmul']:.0f}%)"))
+  widths = [max(len(row[i]) for row in rows + [header] if i < len(row))
+            for i in range(len(header))]
+  lines += ["", "  ".join(h.ljust(w) for h, w in zip(header, widths))]
+  lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+  if report["speedups"]:
+    lines += ["", "ours / peer (above 1: ours faster): train, infer, batch-1 latency; "
+                  "by CPU time: train, infer"]
+    lines += [f"  {s['ours']} / {s['peer']}: {s['train']:.2f}  {s['infer']:.2f}  "
+              f"{s['latency']:.2f};  {s['train_cpu']:.2f}  {s['infer_cpu']:.2f}"
+              for s in report["speedups"]]
+  litert = report.get("litert")
+  if litert and "error" in litert:
+    lines += ["", f"LiteRT: error: {litert['error'].strip().splitlines()[-1]}"]
+  elif litert:
+    lines += ["", "our model as TFLite in LiteRT (XNNPACK), batch 1: " + ", ".join(
+        f"{ms:.2f} ms with {n} thread{'s' if n != '1' else ''}"
+        for n, ms in litert["latency_ms_by_threads"].items())]
+  pipeline = report.get("input_pipeline")
+  if pipeline and "error" in pipeline:
+    lines += ["", f"input pipeline: error: {pipeline['error'].strip().splitlines()[-1]}"]
+  elif pipeline:
+    lines += ["", f"input pipeline ({pipeline['data']}, {config['resolution']} px): "
+                  f"{pipeline['images_per_s']:.0f} images/s, "
+                  f"{pipeline['images_per_cpu_s']:.0f} images per CPU second"]
+    lines += [f"  cores it needs to feed {_label(r)} training: "
+              f"{r['train_images_per_s'] / pipeline['images_per_cpu_s']:.2f}"
+              for r in report["results"] if r["framework"] == "jax" and "error" not in r]
+  return "\n".join(lines)
