@@ -28,7 +28,6 @@ import difflib
 import logging
 import os
 import re
-import time
 from typing import Any, Iterator
 
 import ml_collections
@@ -36,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mobileshuffle_jax import datasets
+from mobileshuffle_jax import datasets, timing
 from mobileshuffle_jax.preprocessing import NORMALIZATIONS, normalize
 
 log = logging.getLogger("mobileshuffle_jax")
@@ -252,12 +251,17 @@ def measure_train_throughput(data_config: ml_collections.ConfigDict, batch_size:
   """
   batches = train_batches(data_config, global_batch_size=batch_size)
   next(batches)
-  wall_start, cpu_start = time.perf_counter(), time.process_time()
-  for _ in range(num_batches):
-    next(batches)
-  wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
+
+  def read_batches():
+    for _ in range(num_batches):
+      next(batches)
+
+  # One timed span over all batches, not a median per batch: prefetched batches arrive in
+  # bursts, and the CPU time must cover every tf.data thread's work in between.
+  elapsed = timing.measure(read_batches, repeats=1, warmup=0)
   images = batch_size * num_batches
-  return Throughput(images_per_second=images / wall, images_per_cpu_second=images / cpu)
+  return Throughput(images_per_second=images / elapsed.wall_s,
+                    images_per_cpu_second=images / elapsed.cpu_s)
 
 
 def _check_config(data_config: ml_collections.ConfigDict) -> None:

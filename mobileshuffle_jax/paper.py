@@ -65,10 +65,11 @@ SHUFFLENET_TABLE3_ERROR = {
 
 
 def _shufflenet(table, label, scale, groups, mult_adds, error, with_classifier,
-                variant="standard"):
+                variant="standard", shuffle=True):
   return PaperRow(table, label, "shufflenet_v1",
-                  {"scale": scale, "groups": groups, "variant": variant}, 224, mult_adds,
-                  None, None if error is None else round(100.0 - error, 1), with_classifier)
+                  {"scale": scale, "groups": groups, "variant": variant, "shuffle": shuffle},
+                  224, mult_adds, None, None if error is None else round(100.0 - error, 1),
+                  with_classifier)
 
 
 SHUFFLENET_ROWS = tuple(
@@ -87,4 +88,18 @@ SHUFFLENET_ROWS = tuple(
                     variant="shallow"),
     ])
 
+# Table 3 prints no complexity: its models are Table 1's (1x) and Table 2's, whose figures
+# (without the classifier) hold with or without the shuffle, which costs no mult-adds.
+SHUFFLENET_TABLE3_ROWS = tuple(
+    _shufflenet("3", f"ShuffleNet {scale:g}x (g = {groups}){'' if shuffle else ', no shuffle'}",
+                scale, groups,
+                SHUFFLENET_TABLE1_MFLOPS[groups] if scale == 1.0
+                else SHUFFLENET_TABLE2_MFLOPS[scale],
+                error, False, shuffle=shuffle)
+    for (scale, groups), errors in SHUFFLENET_TABLE3_ERROR.items()
+    for shuffle, error in zip((False, True), errors))
+
+# The complexity tables: what `complexity --paper-tables` sets our counts beside.
 ROWS = MOBILENET_ROWS + SHUFFLENET_ROWS
+# Every printed model, Table 3's ablation included: what the report matches cells against.
+ALL_ROWS = ROWS + SHUFFLENET_TABLE3_ROWS

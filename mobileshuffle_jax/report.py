@@ -34,9 +34,7 @@ import hashlib
 import json
 import math
 import os
-import statistics
 import sys
-import time
 from typing import Any, Sequence
 
 import jax
@@ -46,7 +44,8 @@ matplotlib.use("Agg")  # files only: no display is needed or assumed
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 from matplotlib import ticker  # pylint: disable=wrong-import-position
 
-from mobileshuffle_jax import checkpointing, complexity, model_config, models, paper, sweep
+from mobileshuffle_jax import (checkpointing, complexity, model_config, models, paper, sweep,
+                               timing)
 
 FAMILIES = {"mobilenet_v1": "MobileNet", "shufflenet_v1": "ShuffleNet"}
 # The options that define an architecture, compared when matching a cell to a paper row.
@@ -54,26 +53,6 @@ ARCHITECTURE_OPTIONS = {"mobilenet_v1": ("alpha", "variant", "min_depth"),
                         "shufflenet_v1": ("groups", "scale", "shuffle", "variant",
                                           "conv1_channels")}
 PAPER_CLASSES = 1000
-
-
-def _shufflenet_table3_rows() -> tuple[paper.PaperRow, ...]:
-  """ShuffleNet Table 3 (with and without channel shuffle) as rows like paper.ROWS.
-
-  The printed complexity is Table 2's at 0.5x and 0.25x and Table 1's at 1x (no classifier).
-  """
-  rows = []
-  for (scale, groups), errors in paper.SHUFFLENET_TABLE3_ERROR.items():
-    mult_adds = (paper.SHUFFLENET_TABLE1_MFLOPS[groups] if scale == 1.0
-                 else paper.SHUFFLENET_TABLE2_MFLOPS[scale])
-    for shuffle, error in zip((False, True), errors):
-      rows.append(paper.PaperRow(
-          "3", f"ShuffleNet {scale:g}x (g = {groups}){'' if shuffle else ', no shuffle'}",
-          "shufflenet_v1", {"scale": scale, "groups": groups, "shuffle": shuffle}, 224,
-          mult_adds, None, round(100.0 - error, 1), with_classifier=False))
-  return tuple(rows)
-
-
-PAPER_ROWS = paper.ROWS + _shufflenet_table3_rows()
 
 
 def architecture(model: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +67,7 @@ def paper_match(model: str, options: dict[str, Any], resolution: int, num_classe
   if num_classes != PAPER_CLASSES:
     return None
   ours = architecture(model, options)
-  matches = [row for row in PAPER_ROWS if row.model == model and row.resolution == resolution
+  matches = [row for row in paper.ALL_ROWS if row.model == model and row.resolution == resolution
              and architecture(row.model, row.options) == ours]
   rank = {table: i for i, table in enumerate(preferred_tables)}
   matches.sort(key=lambda row: rank.get(row.table, len(rank)))  # stable: paper order next
@@ -196,14 +175,10 @@ def inference_images_per_second(config, num_classes: int, variables: dict, batch
   images = jax.random.normal(jax.random.key(0), (batch, size, size, model.input_channels))
   variables = jax.device_put(variables)
   infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  infer(variables, images).block_until_ready()  # compilation and warm-up
-  times = []
-  deadline = time.perf_counter() + min_seconds
-  while len(times) < 3 or time.perf_counter() < deadline:
-    start = time.perf_counter()
-    infer(variables, images).block_until_ready()
-    times.append(time.perf_counter() - start)
-  return batch / statistics.median(times)
+  # The warm-up call compiles; then at least three calls, for `min_seconds` in all.
+  elapsed = timing.measure(lambda: infer(variables, images).block_until_ready(), repeats=3,
+                           warmup=1, min_seconds=min_seconds)
+  return batch / elapsed.wall_s
 
 
 def build_row(cell: CellRecord, preferred_tables: Sequence[str], speed_batch: int,

@@ -1,4 +1,5 @@
-"""The one timer of the tools (benchmark, export checker): medians of repeated calls."""
+"""The one timer of the tools (benchmark, export checker, report, input-pipeline throughput):
+medians of repeated calls."""
 
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ class Timing(NamedTuple):
   cpu_s: float
 
 
-def measure(run: Callable[[], Any], repeats: int, warmup: int = 2) -> Timing:
-  """Medians of `run()` (which must wait for its result) after `warmup` calls."""
+def measure(run: Callable[[], Any], repeats: int, warmup: int = 2,
+            min_seconds: float = 0.0) -> Timing:
+  """Medians of `run()` (which must wait for its result) after `warmup` calls.
+
+  `run` is timed `repeats` times, and again until the timed calls span `min_seconds`.
+  """
   for _ in range(warmup):
     run()
   walls, cpus = [], []
-  for _ in range(repeats):
+  deadline = time.perf_counter() + min_seconds
+  while len(walls) < repeats or time.perf_counter() < deadline:
     wall, cpu = time.perf_counter(), time.process_time()
     run()
     walls.append(time.perf_counter() - wall)

@@ -1,10 +1,10 @@
-"""Sharing a checkpoint end to end: convert (as a command), load and predict, evaluate,
-export to safetensors and to a jax.export function that runs with jax alone.
+"""Sharing a checkpoint: export to safetensors and to a jax.export function that runs
+with jax alone, the refusals of the export command, and writers (export, convert) that never
+leave a partial output behind.
 
-The checkpoint is pytorchcv's 0.25 MobileNet with random weights and BN statistics, saved
-as a .pth and converted by `python -m mobileshuffle_jax.convert` in a subprocess; its
-logits under PyTorch are the reference. 224 px (the converted preprocessing's size), a
-batch of two.
+The checkpoint is conftest's `converted` (pytorchcv's 0.25 MobileNet with random weights
+and BN statistics, converted by `python -m mobileshuffle_jax.convert`). 224 px (the
+converted preprocessing's size), a batch of two.
 """
 
 from __future__ import annotations
@@ -20,71 +20,17 @@ import numpy as np
 import pytest
 
 import mobileshuffle_jax
-from configs import default
-from mobileshuffle_jax import checkpointing, evaluation, export
+from mobileshuffle_jax import checkpointing, export
 from mobileshuffle_jax import convert as mobileshuffle_convert
 from mobileshuffle_jax import staging as mobileshuffle_staging
 from mobileshuffle_jax.export import __main__ as export_cli
+from tests.conftest import CONVERTED_RESOLUTION as RESOLUTION
+from tests.conftest import SUBPROCESS_ENV, random_images, start_convert
 
-torch = pytest.importorskip("torch")
-pytorchcv_mobilenet = pytest.importorskip("pytorchcv.models.mobilenet")
+pytest.importorskip("torch")
+pytest.importorskip("pytorchcv.models.mobilenet")
 safetensors = pytest.importorskip("safetensors")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESOLUTION = 224  # what the pytorchcv converter records
-TOLERANCE = 1e-4  # max |ours - theirs| / max |theirs| over the logits, float32
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-# Subprocesses: CPU only, TensorFlow quiet.
-SUBPROCESS_ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-
-
-def random_images(seed: int, count: int = 2) -> np.ndarray:
-  """Random RGB images, 0..255, NHWC."""
-  return np.random.default_rng(seed).uniform(
-      0, 255, (count, RESOLUTION, RESOLUTION, 3)).astype(np.float32)
-
-
-def torch_logits(net, images: np.ndarray) -> np.ndarray:
-  """pytorchcv's own preprocessing (ImageNet mean/std on 0..1), NCHW."""
-  x = ((images / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2)
-  with torch.no_grad():
-    return net(torch.from_numpy(np.ascontiguousarray(x))).numpy()
-
-
-def pytorchcv_mobilenet_wd4():
-  """pytorchcv's MobileNet 0.25 with random weights; each BN gets the statistics of its
-  input on calibration images (one cumulative training-mode pass), then random parameters
-  and perturbed statistics. Random statistics alone would let the signal fade layer by
-  layer and leave the logits blind to the image."""
-  torch.manual_seed(0)
-  net = pytorchcv_mobilenet.mobilenet_wd4()
-  norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-  for norm in norms:
-    norm.momentum = None
-    norm.reset_running_stats()
-  net.train()
-  torch_logits(net, random_images(seed=1, count=4))
-  net.eval()
-  generator = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for norm in norms:
-      c = norm.num_features
-      norm.weight.copy_(0.5 + torch.rand(c, generator=generator))
-      norm.bias.copy_(0.2 * torch.randn(c, generator=generator))
-      norm.running_mean.add_(0.2 * torch.randn(c, generator=generator)
-                             * norm.running_var.sqrt())
-      norm.running_var.mul_(0.5 + 1.5 * torch.rand(c, generator=generator))
-    net.output.bias.copy_(0.1 * torch.randn(net.output.bias.shape, generator=generator))
-  return net
-
-
-def start_convert(*args: str) -> subprocess.Popen:
-  """`python -m mobileshuffle_jax.convert ARGS` started; `.communicate()` finishes it."""
-  return subprocess.Popen([sys.executable, "-m", "mobileshuffle_jax.convert", *args],
-                          cwd=REPO, env=SUBPROCESS_ENV, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
 
 
 def tree_listing(directory) -> list[tuple[str, int, int]]:
@@ -96,68 +42,8 @@ def tree_listing(directory) -> list[tuple[str, int, int]]:
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-  """(pytorchcv net, its .pth, the directory `python -m mobileshuffle_jax.convert` wrote)."""
-  directory = tmp_path_factory.mktemp("converted")
-  net = pytorchcv_mobilenet_wd4()
-  path = str(directory / "mobilenet_wd4.pth")
-  torch.save(net.state_dict(), path)
-  out = str(directory / "mobilenet_wd4")
-  convert = start_convert("pytorchcv", path, "--out", out)
-  stdout, stderr = convert.communicate(timeout=300)
-  assert convert.returncode == 0, stderr[-3000:]
-  assert f"-> {out}" in stdout
-  return net, path, out
-
-
-@pytest.fixture(scope="module")
-def predictor(converted):
-  return mobileshuffle_jax.load(converted[2])
-
-
-@pytest.fixture(scope="module")
 def images():
   return random_images(seed=0)
-
-
-def test_converted_directory_predicts_like_pytorchcv(converted, predictor, images):
-  net, _, _ = converted
-  assert predictor.config.model == "mobilenet_v1"
-  assert predictor.model.alpha == 0.25 and predictor.num_classes == 1000
-  assert predictor.preprocessing == dict(normalization="imagenet", channel_order="rgb",
-                                         image_size=RESOLUTION, eval_crop_ratio=0.875)
-  assert set(predictor.variables) == {"params", "batch_stats"} and predictor.step == 0
-  ours = np.asarray(predictor.predict(images))
-  theirs = torch_logits(net, images)
-  scale = np.abs(theirs).max()
-  # Non-trivial logits: the two images must be told apart, else the check proves little.
-  assert np.abs(theirs[0] - theirs[1]).max() > 1e-2 * scale
-  difference = np.abs(ours - theirs).max() / scale
-  print(f"load(DIR).predict vs pytorchcv: max relative logit difference {difference:.2e}")
-  assert difference <= TOLERANCE
-  # Integer images are taken as they are (0..255), not rescaled.
-  rounded = np.rint(images)
-  np.testing.assert_array_equal(np.asarray(predictor.predict(rounded.astype(np.uint8))),
-                                np.asarray(predictor.predict(rounded)))
-  with pytest.raises(ValueError, match=r"shape \(batch, 224, 224, 3\); got shape \(2, 64, 64, 3\)"):
-    predictor.predict(images[:, :64, :64])
-  with pytest.raises(ValueError, match=r"got shape \(224, 224, 3\)"):
-    predictor.predict(images[0])
-
-
-def test_converted_directory_evaluates_on_digits(converted, predictor, tmp_path):
-  """eval.py's library path on a converted directory: its config with the digits data set
-  at the model's resolution and normalization."""
-  config = checkpointing.read_config_json(converted[2])
-  data = default.data_config()
-  data.image_size = config.data.image_size
-  data.normalization = config.data.normalization
-  data.data_dir = str(tmp_path / "tfds")
-  config.data = data
-  result = evaluation.evaluate_checkpoint(converted[2], config)
-  assert result["num_examples"] == 360 and result["step"] == 0
-  assert result["params_sha256_verified"]
-  assert result["params_sha256"] == predictor.params_sha256
 
 
 def test_convert_never_leaves_a_partial_directory(converted, tmp_path):
@@ -300,35 +186,6 @@ def test_tampered_file_and_failed_write(predictor, tmp_path):
         f.write(b"half")
       raise RuntimeError("disk full")
   assert sorted(os.listdir(tmp_path)) == ["model.safetensors", "tampered.safetensors"]
-
-
-def test_predict_refuses_non_finite_and_complex_images(predictor, images):
-  nan_pixel = images.copy()
-  nan_pixel[1, 7, 9, 2] = np.nan
-  for bad, count in ((nan_pixel, "1 of 2 images"), (np.full_like(images, np.inf), "2 of 2"),
-                     (np.full_like(images, np.nan), "2 of 2")):
-    with pytest.raises(ValueError, match=f"{count} .*NaN or infinite"):
-      predictor.predict(bad)
-  with pytest.raises(ValueError, match="real-valued images .* complex64"):
-    predictor.predict(images.astype(np.complex64))
-  with pytest.raises(ValueError, match="real-valued images"):
-    predictor.predict(images.astype(str))
-  # Asked for, the raw behaviour: the images go through the network as they are (where
-  # XLA's max and clamp absorb a NaN, which is why it is refused by default).
-  raw = np.asarray(predictor.predict(nan_pixel, allow_non_finite=True))
-  np.testing.assert_array_equal(raw[0], np.asarray(predictor.predict(images))[0])
-
-
-def test_load_refuses_bad_paths_with_value_errors(converted, tmp_path):
-  with pytest.raises(ValueError, match="does not exist"):
-    mobileshuffle_jax.load(str(tmp_path / "missing"))
-  broken = tmp_path / "broken"
-  broken.mkdir()
-  with pytest.raises(ValueError, match="has no config.json"):
-    mobileshuffle_jax.load(str(broken))
-  (broken / "config.json").write_text("{not json")
-  with pytest.raises(ValueError, match="config.json is not valid JSON"):
-    mobileshuffle_jax.load(str(broken))
 
 
 def test_stale_partial_outputs_are_removed_at_the_next_start(converted, predictor, tmp_path):
