@@ -20,9 +20,9 @@ from configs import common, default
 
 
 def get_config(arg: str | None = None):
+  """configs/default.py with what this recipe changes (the docstring states all of it)."""
   args = common.parse_arguments(arg, {"alpha": 1.0, "resolution": 224})
   config = default.get_config()
-  config.model = "mobilenet_v1"
   config.model_options = dict(alpha=args["alpha"], variant="separable", activation="relu6",
                               dropout_rate=1e-3,
                               bn_momentum=0.9997, bn_epsilon=1e-3, padding="same")
@@ -31,7 +31,6 @@ def get_config(arg: str | None = None):
   config.data.train_crop_area_range = (0.25, 1.0)
   config.data.train_flip = True
   config.data.eval_crop_ratio = 0.875
-  config.data.normalization = "minus_one_one"
   config.data.shuffle_buffer = 16_384
   config.data.cache = False
 
@@ -42,18 +41,10 @@ def get_config(arg: str | None = None):
   config.optimizer = "rmsprop"
   config.learning_rate = 0.165
   config.base_batch_size = 256
-  config.momentum = 0.9
   config.nesterov = False
-  config.rmsprop_decay = 0.9
-  config.rmsprop_epsilon = 1.0
   config.schedule = "exponential"
-  config.decay_rate = 0.94
-  config.decay_epochs = 3.0
   config.warmup_epochs = 5.0
   config.weight_decay = 4e-5
-  config.weight_decay_depthwise = False
-  config.weight_decay_norm_and_bias = False
-  config.label_smoothing = 0.0
   config.ema_decay = 0.9999
 
   config.log_every_steps = 500

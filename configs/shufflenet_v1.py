@@ -19,13 +19,14 @@ from configs import common, default
 
 
 def get_config(arg: str | None = None):
+  """configs/default.py with what this recipe changes (the docstring states all of it)."""
   args = common.parse_arguments(arg, {"groups": 3, "scale": 1.0, "shuffle": True,
                                       "resolution": 224})
   config = default.get_config()
   config.model = "shufflenet_v1"
   config.model_options = dict(groups=args["groups"], scale=args["scale"],
-                              shuffle=args["shuffle"], variant="standard", bn_momentum=0.9, bn_epsilon=1e-5,
-                              padding="symmetric")
+                              shuffle=args["shuffle"], variant="standard", bn_momentum=0.9,
+                              bn_epsilon=1e-5, padding="symmetric")
   config.data.name = "imagenet2012"
   config.data.image_size = args["resolution"]
   config.data.train_crop_area_range = (0.25, 1.0)
@@ -38,19 +39,13 @@ def get_config(arg: str | None = None):
   config.global_batch_size = 1024
   config.eval_batch_size = 1024
   config.num_train_steps = 300_000
-  config.num_epochs = -1.0
-  config.optimizer = "sgd"
   config.learning_rate = 0.5
   config.base_batch_size = 1024
-  config.momentum = 0.9
   config.nesterov = False
   config.schedule = "linear"
   config.warmup_epochs = 0.0
   config.weight_decay = 4e-5
   config.weight_decay_depthwise = True
-  config.weight_decay_norm_and_bias = False
-  config.label_smoothing = 0.0
-  config.ema_decay = 0.0
 
   config.log_every_steps = 500
   config.eval_every_steps = 5_000

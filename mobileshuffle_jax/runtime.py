@@ -42,11 +42,12 @@ def in_managed_cluster() -> bool:
 
 
 def initialize() -> None:
-  """Join the multi-process runtime if there is one; keep TensorFlow off accelerators.
+  """Join the multi-process runtime if there is one, and set up logging.
 
   `jax.distributed.initialize` must run before anything asks JAX about devices. This
   package's own lines are INFO; the libraries' logging (orbax, tfds, absl) and Python
-  warnings show only with --verbose.
+  warnings show only with --verbose. TensorFlow is not imported here: the input pipeline,
+  its one user in training, keeps it off accelerators when it is imported.
   """
   import jax  # pylint: disable=g-import-not-at-top
   options = flags.FLAGS
@@ -56,9 +57,6 @@ def initialize() -> None:
   elif in_managed_cluster():
     jax.distributed.initialize()
 
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
-  tf.config.set_visible_devices([], "TPU")
   quiet_libraries(verbose=options.verbose)
   ours = logging.getLogger("mobileshuffle_jax")
   ours.setLevel(logging.INFO)

@@ -1,8 +1,8 @@
-"""What importing the package costs: no TensorFlow, and no import cycles.
+"""What importing the package costs: no TensorFlow, no import cycles, floors kept.
 
 TensorFlow belongs to the tf.data input path and the TFLite export alone. A config, the
-package, its models and `load(...).predict` (from a safetensors export) must work in a
-process that never imports it.
+package, its models, the train step, `load(...).predict` (from a safetensors export) and
+the safetensors and `jax.export` exports must work in a process that never imports it.
 """
 
 import ast
@@ -15,9 +15,9 @@ from tests.conftest import REPO, SUBPROCESS_ENV
 
 WITHOUT_TENSORFLOW = r"""
 import importlib.util, os, sys, tempfile
-import jax, numpy as np
+import jax, ml_collections, numpy as np, optax
 import mobileshuffle_jax
-from mobileshuffle_jax import checkpointing, models, safetensors_io
+from mobileshuffle_jax import checkpointing, export, models, safetensors_io, train_step
 
 for path in sys.argv[1:]:  # every config file, loaded as train.py's --config loads it
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
@@ -39,13 +39,25 @@ path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
 safetensors_io.write(path, variables, record)
 predictor = mobileshuffle_jax.load(path)
 assert predictor.predict(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 3)
+export.write_safetensors(predictor, path.replace("model.", "again."))
+export.write_jax(predictor, path.replace(".safetensors", ".jax"), platforms=("cpu",))
+
+tx = optax.sgd(0.1)
+state = train_step.TrainState(step=np.int32(0), params=variables["params"],
+                              batch_stats=variables["batch_stats"],
+                              opt_state=tx.init(variables["params"]), ema_params=None)
+step = train_step.make_train_step(model, tx, lambda step: 0.1, ml_collections.ConfigDict(
+    {"label_smoothing": 0.0, "ema_decay": 0.0}))
+batch = {"images": np.zeros((2, 32, 32, 3), np.float32), "labels": np.zeros(2, np.int32)}
+state, metrics = jax.jit(step)(state, batch, jax.random.key(0))
+assert int(state.step) == 1 and float(metrics["finite"]) == 1.0
 loaded = sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow")
 print("tensorflow modules:", loaded)
 sys.exit(1 if loaded else 0)
 """
 
 
-def test_configs_package_models_and_load_predict_import_no_tensorflow():
+def test_configs_package_models_train_step_predict_and_exports_import_no_tensorflow():
   configs = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True))
   configs = [path for path in configs if not path.endswith("__init__.py")]
   run = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, *configs], cwd=REPO,
@@ -98,3 +110,33 @@ def test_package_imports_have_no_cycles():
     if module not in done:
       visit(module, [module])
   assert not cycles, "\n".join(" -> ".join(cycle) for cycle in cycles)
+
+
+# The floors of the README's "Layout": each module imports only its own floor and those
+# below. Modules not named here are the library, between the speed paths and the tools.
+PAPER_FLOOR = {"mobileshuffle_jax.layers", "mobileshuffle_jax.paper",
+               "mobileshuffle_jax.models.common", "mobileshuffle_jax.models.mobilenet_v1",
+               "mobileshuffle_jax.models.shufflenet_v1"}
+SPEED_FLOOR = {"mobileshuffle_jax.models", "mobileshuffle_jax.fast",
+               "mobileshuffle_jax.fast.conv", "mobileshuffle_jax.fast.norm",
+               "mobileshuffle_jax.fast.shuffle_unit"}
+TOOL_PREFIXES = ("mobileshuffle_jax.bench", "mobileshuffle_jax.sweep", "mobileshuffle_jax.report",
+                 "mobileshuffle_jax.export.check")
+
+
+def _floor(module: str) -> int:
+  if module in PAPER_FLOOR:
+    return 0
+  if module in SPEED_FLOOR:
+    return 1
+  if module.startswith(TOOL_PREFIXES):
+    return 3
+  return 2
+
+
+def test_each_floor_imports_only_its_own_and_those_below():
+  graph = package_imports()
+  assert PAPER_FLOOR | SPEED_FLOOR <= set(graph)
+  upward = [f"{module} -> {target}" for module, targets in sorted(graph.items())
+            for target in sorted(targets) if _floor(target) > _floor(module)]
+  assert not upward, "\n".join(upward)
