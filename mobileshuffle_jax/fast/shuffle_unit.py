@@ -62,9 +62,14 @@ class ShuffleUnit(layers.ShuffleUnit):
                               padding=self.padding)
     blocks_layer = functools.partial(GroupBlocksConvBN, conv=self.conv, norm=self.norm)
 
+    if compress_groups not in (1, self.groups):
+      raise ValueError(f"fast.ShuffleUnit: compress_groups={compress_groups} must be 1 or "
+                       f"groups={self.groups}")
+    # One split of x for the compress conv and the residual alike: two would each send
+    # their gradient back joined, and the sum of the two joined gradients is a copy.
+    x_blocks = _blocks(x, self.groups) if compress_groups > 1 or self.strides == 1 else ()
     if compress_groups > 1:
-      y = blocks_layer(bottleneck, activation=nn.relu, name="compress")(
-          _blocks(x, compress_groups))
+      y = blocks_layer(bottleneck, activation=nn.relu, name="compress")(x_blocks)
       if self.shuffle and self.shuffle_order == "paper":
         # channel_shuffle of the joined blocks, as one interleaving copy.
         y = jnp.stack(y, axis=-1).reshape(*y[0].shape[:-1], bottleneck)
@@ -80,8 +85,8 @@ class ShuffleUnit(layers.ShuffleUnit):
     y = blocks_layer(branch_channels, name="expand")(_blocks(y, self.groups))
 
     if self.strides == 1:
-      return jnp.concatenate([materialized(nn.relu(a + b))
-                              for a, b in zip(_blocks(x, self.groups), y)], axis=-1)
+      return jnp.concatenate([materialized(nn.relu(a + b)) for a, b in zip(x_blocks, y)],
+                             axis=-1)
     main = jnp.concatenate(y, axis=-1)
     shortcut = layers.pool(x, "avg", self.padding)
     return materialized(nn.relu(layers.concatenate_with_shortcut(main, shortcut,
