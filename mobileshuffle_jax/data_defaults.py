@@ -12,7 +12,8 @@ import ml_collections
 def default_data_config() -> ml_collections.ConfigDict:
   """Every field the pipeline reads, defaulting to the ImageNet recipe of the papers."""
   data = ml_collections.ConfigDict()
-  # 'digits', 'image_folder', or any tfds image-classification name ('imagenet2012').
+  # 'digits', 'image_folder', any tfds image-classification name ('imagenet2012'), or
+  # 'synthetic': random images and labels made on the devices, no TensorFlow (synthetic.py).
   data.name = "imagenet2012"
   data.data_dir = ml_collections.config_dict.placeholder(str)  # None: tfds's default
   data.manual_dir = ml_collections.config_dict.placeholder(str)  # imagenet2012's tars
@@ -32,4 +33,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   # block of them (0: one per host). The global batch of a step is the same for any host
   # count that divides input_shards, so a run can move between 1 and N hosts unchanged.
   data.input_shards = 0
+  # 'synthetic' only: ImageNet's class and training-example counts, so that epochs mean
+  # the same; a smaller eval split keeps periodic evaluation cheap.
+  data.synthetic_num_classes = 1000
+  data.synthetic_train_examples = 1_281_167
+  data.synthetic_eval_examples = 10_000
   return data

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import tqdm
 
-from mobileshuffle_jax import checkpointing, input_pipeline, model_config, parallel
+from mobileshuffle_jax import checkpointing, data, model_config, parallel
 from mobileshuffle_jax.train_step import cross_entropy
 
 
@@ -39,14 +39,12 @@ def evaluate(model, variables, data_config, eval_batch_size: int, mesh) -> dict:
   # Any batch size works: it is rounded up to a multiple of the device count, and the
   # padding is masked out like that of the last batch.
   eval_batch_size = -(-eval_batch_size // jax.device_count()) * jax.device_count()
-  batches = input_pipeline.eval_batches(
-      data_config, global_batch_size=eval_batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count())
+  batches = data.eval_batches(data_config, global_batch_size=eval_batch_size, mesh=mesh)
   # A progress bar only on a terminal: in a log file it is noise that shares lines.
   show_progress = jax.process_index() == 0 and sys.stderr.isatty()
-  for local_batch in tqdm.tqdm(batches, desc="eval", leave=False, unit="batch",
-                               disable=not show_progress):
-    batch_sums = _metric_sums(model, variables, parallel.global_batch(local_batch, mesh))
+  for batch in tqdm.tqdm(batches, desc="eval", leave=False, unit="batch",
+                         disable=not show_progress):
+    batch_sums = _metric_sums(model, variables, batch)
     sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
   if sums is None:
     raise ValueError(f"the eval split {data_config.eval_split!r} of {data_config.name!r} "
@@ -73,7 +71,7 @@ def evaluate_checkpoint(workdir: str, config: ml_collections.ConfigDict | None =
                                  checkpointing.param_shapes(abstract["params"]), workdir)
   mesh = parallel.create_mesh()
   variables = jax.device_put(restored.variables, parallel.replicated(mesh))
-  input_pipeline.prepare(config.data)
+  data.prepare(config.data)
   metrics = evaluate(model, variables, config.data, config.eval_batch_size, mesh)
   return {**metrics, "step": restored.step, "params_sha256": meta["params_sha256"],
           "params_sha256_verified": True}

@@ -34,8 +34,10 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 from mobileshuffle_jax import datasets, timing
+from mobileshuffle_jax.dataset_info import DataError, DatasetInfo
 from mobileshuffle_jax.preprocessing import NORMALIZATIONS, normalize
 
 log = logging.getLogger("mobileshuffle_jax")
@@ -52,6 +54,9 @@ def _hide_accelerators_from_tensorflow() -> None:
 
 
 _hide_accelerators_from_tensorflow()
+# tfds's progress bars follow the libraries' verbosity (`runtime.quiet_libraries`).
+if absl_logging.get_verbosity() < absl_logging.WARNING:
+  tfds.disable_progress_bar()
 
 
 # ImageNet distributes these only to registered users; tfds's builder reads them unextracted.
@@ -60,23 +65,6 @@ IMAGENET_TARS = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_
 CROP_ATTEMPTS = 10
 # The whole image as the one "object" box: crops are then constrained by the ranges alone.
 _WHOLE_IMAGE_BOX = (((0.0, 0.0, 1.0, 1.0),),)
-
-
-class DataError(ValueError):
-  """A data set that is missing, unprepared or unusable; the message says how to fix it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What training needs to know about a prepared data set (counts over all hosts)."""
-
-  name: str
-  num_classes: int
-  num_train_examples: int
-  num_eval_examples: int
-  class_names: tuple[str, ...] = ()
-  # Files that could not be decoded when an image folder was prepared (relative to its root).
-  skipped_files: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

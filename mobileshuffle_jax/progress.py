@@ -17,34 +17,37 @@ class MetricWriter:
 
   A run resumed at `start_step` first drops the lines of steps after it, which the
   interrupted run wrote but will be trained (and logged) again: each step appears once.
+  Events are written by the tensorboard package's own writer, without TensorFlow.
   """
 
   def __init__(self, workdir: str, start_step: int = 0, enabled: bool = True):
     self.enabled = enabled
     if not enabled:
       return
-    import tensorflow as tf  # the input pipeline has already hidden accelerators from it
+    # pylint: disable-next=g-import-not-at-top
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "metrics.jsonl")
     drop_lines_after(path, start_step)
     self._jsonl = open(path, "a")
-    self._tf = tf
-    self._summary = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+    self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
       return
     self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self._jsonl.flush()
-    with self._summary.as_default(step=step):
-      for name, value in scalars.items():
-        self._tf.summary.scalar(name, value)
-    self._summary.flush()
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+    values = [summary_pb2.Summary.Value(tag=name, simple_value=float(value))
+              for name, value in scalars.items()]
+    self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                           summary=summary_pb2.Summary(value=values)))
+    self._events.flush()
 
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()
-      self._summary.close()
+      self._events.close()
 
 
 def drop_lines_after(path: str, step: int) -> None:
@@ -104,6 +107,14 @@ class StepReporter:
                  metrics["top1"], metrics["top5"], metrics["loss"], metrics["num_examples"])
     # Evaluation time is not training throughput.
     self._last_time = time.perf_counter()
+
+  def report_loop_efficiency(self, loop_images_per_s: float, bare_images_per_s: float,
+                             steps: int) -> None:
+    if not self.enabled:
+      return
+    log.info("loop efficiency %.1f%%: %.1f img/s over %d steps with logging, evaluation and "
+             "checkpoints, against %.1f img/s of the bare step", 100 * loop_images_per_s /
+             bare_images_per_s, loop_images_per_s, steps, bare_images_per_s)
 
 
 def strict_json(value):

@@ -79,8 +79,6 @@ def quiet_libraries(verbose: bool) -> None:
     logging.getLogger().addHandler(logging.NullHandler())
     threading.excepthook = lambda args: None
     sys.unraisablehook = lambda unraisable: None
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    tfds.disable_progress_bar()
 
 
 def shutdown() -> None:

@@ -234,7 +234,7 @@ def run_cell(cell: Cell, config: ml_collections.ConfigDict, workdir: str,
              sweep_name: str) -> dict:
   """Train (or resume) `cell` to its end, then record its result atomically."""
   # Imported here, as in train.py, so that the CLI sets up the runtime first.
-  from mobileshuffle_jax import input_pipeline, training  # pylint: disable=g-import-not-at-top
+  from mobileshuffle_jax import data, training  # pylint: disable=g-import-not-at-top
 
   start = time.perf_counter()
   metrics = training.train_and_evaluate(config, workdir)
@@ -242,7 +242,7 @@ def run_cell(cell: Cell, config: ml_collections.ConfigDict, workdir: str,
   if "preempted_at_step" in metrics:
     raise Preempted(f"{workdir}: preempted at step {metrics['preempted_at_step']}, "
                     "checkpoint saved; run the sweep again to resume")
-  info = input_pipeline.prepare(config.data)  # already prepared by training: cheap
+  info = data.prepare(config.data)  # already prepared by training: cheap
   total_steps, _ = training.train_duration(config, info.num_train_examples)
   store = checkpointing.CheckpointStore(workdir, read_only=True)
   try:

@@ -11,6 +11,7 @@ import math
 import signal
 import sys
 import threading
+import time
 
 import flax.traverse_util
 import jax
@@ -19,10 +20,10 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mobileshuffle_jax import (checkpointing, evaluation, input_pipeline, model_config, models,
-                               optim, parallel, progress, workdir_lock)
-from mobileshuffle_jax.train_step import (TrainState, bn_group_size, jit_train_step,
-                                          make_init_fn)
+from mobileshuffle_jax import (checkpointing, data, evaluation, model_config, models, optim,
+                               parallel, progress, workdir_lock)
+from mobileshuffle_jax.train_step import (TrainState, bare_step_images_per_second,
+                                          bn_group_size, jit_train_step, make_init_fn)
 
 log = logging.getLogger("mobileshuffle_jax")
 
@@ -52,6 +53,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           f"allowed values: {', '.join(models.MODELS)}")
   parallel.check_batch_size("global_batch_size", config.global_batch_size)
   require(config.eval_batch_size > 0, "eval_batch_size", "must be > 0")
+  require(config.loop_efficiency_steps >= 0, "loop_efficiency_steps", "must be >= 0 (0: off)")
 
 
 def train_duration(config, num_train_examples: int) -> tuple[int, float]:
@@ -114,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  data_info = input_pipeline.prepare(config.data)
+  data_info = data.prepare(config.data)
   model = model_config.build_model(config, data_info.num_classes,
                                    bn_group_size=bn_group_size(config))
   total_steps, steps_per_epoch = train_duration(config, data_info.num_train_examples)
@@ -160,9 +162,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     checkpointing.write_config_json(workdir, config_json)
 
   train_step = jit_train_step(model, tx, schedule, config, mesh)
-  batches = input_pipeline.train_batches(
-      config.data, global_batch_size=config.global_batch_size, start_step=start_step,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  batches = data.train_batches(config.data, global_batch_size=config.global_batch_size,
+                               start_step=start_step, mesh=mesh)
   writer = progress.MetricWriter(workdir, start_step, enabled=is_chief)
   reporter = progress.StepReporter(total_steps, steps_per_epoch, config.global_batch_size,
                                    start_step, enabled=is_chief)
@@ -170,10 +171,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   step_rng = jax.random.fold_in(rng, 1)
   pending_metrics = []
   eval_metrics: dict = {}
+  loop_start = None  # after the first step, which compiles
   try:
     for step in range(start_step + 1, total_steps + 1):
-      state, metrics = train_step(state, parallel.global_batch(next(batches), mesh), step_rng)
+      state, metrics = train_step(state, next(batches), step_rng)
       pending_metrics.append(metrics)
+      if loop_start is None:
+        jax.block_until_ready(state)
+        loop_start = time.perf_counter()
       preempted = preemption.reached(step)
       is_last = step == total_steps or preempted
       if step % config.log_every_steps == 0 or is_last:
@@ -199,6 +204,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         log.info("Stopped by %s: saved step %d to %s; rerun the same command to resume.",
                  preemption.signal_name, step, store.directory)
         return {"preempted_at_step": step, "signal": preemption.signal_name}
+    timed_steps = total_steps - start_step - 1
+    if config.loop_efficiency_steps > 0 and timed_steps > 0:
+      jax.block_until_ready(state)
+      loop = timed_steps * config.global_batch_size / (time.perf_counter() - loop_start)
+      bare = bare_step_images_per_second(train_step, state, next(batches), step_rng,
+                                         config.loop_efficiency_steps)
+      reporter.report_loop_efficiency(loop, bare, timed_steps)
     return eval_metrics or evaluate_now()
   finally:
     preemption.close()

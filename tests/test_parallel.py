@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from mobileshuffle_jax import (checkpointing, evaluation, model_config, parallel, train_step,
-                               training)
+from mobileshuffle_jax import (checkpointing, data, evaluation, model_config, parallel,
+                               train_step, training)
 
 from configs import default
 from tests.conftest import REPO, make_tiny_config
@@ -128,7 +128,7 @@ def run_processes(commands, env):
 
 def test_two_processes_train_save_and_restore_like_one(tmp_path, data_dir):
   # Prepare the data once, so the two processes do not race to build it.
-  training.input_pipeline.prepare(small_config(data_dir).data)
+  data.prepare(small_config(data_dir).data)
   multi = str(tmp_path / "two_processes")
 
   def two_process_run(steps):

@@ -254,3 +254,35 @@ def test_scripts_fail_in_one_line(tmp_path):
     assert run.returncode in (1, 2) and run.stdout == ""
     (line,) = run.stderr.strip().splitlines()
     assert line.startswith("error: ") and expected in line, run.stderr
+
+
+def test_train_and_eval_on_synthetic_data_never_import_tensorflow(tmp_path):
+  """With data.name=synthetic, train.py and eval.py run to the end, save a checkpoint and
+  evaluate it with a `tensorflow` package that raises ImportError first on the path."""
+  blocked = tmp_path / "blocked" / "tensorflow"
+  blocked.mkdir(parents=True)
+  (blocked / "__init__.py").write_text('raise ImportError("TensorFlow is blocked here")\n')
+  env = dict(SUBPROCESS_ENV, PYTHONPATH=str(blocked.parent))
+  workdir = str(tmp_path / "run")
+  flags = ["--config", "configs/default.py", "--workdir", workdir,
+           "--config.data.name=synthetic", "--config.data.synthetic_num_classes=10",
+           "--config.data.synthetic_eval_examples=20", "--config.model_options.alpha=0.25",
+           "--config.global_batch_size=8", "--config.eval_batch_size=16",
+           "--config.num_train_steps=4", "--config.log_every_steps=2",
+           "--config.eval_every_steps=4", "--config.checkpoint_every_steps=4"]
+  results, run_logs = [], []
+  for script in ("train.py", "eval.py"):
+    run = subprocess.run([sys.executable, script, *flags], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    run_logs.append(run.stderr)
+  trained, evaluated = results
+  assert "loop efficiency" in run_logs[0]
+  assert trained["num_examples"] == evaluated["num_examples"] == 20
+  assert evaluated["step"] == 4 and evaluated["top1"] == trained["top1"]
+  store = checkpointing.CheckpointStore(workdir, read_only=True)
+  try:
+    assert store.latest_step() == 4
+  finally:
+    store.close()

@@ -1,0 +1,75 @@
+"""Random images and labels made on the devices: the train loop measured on its own.
+
+`data.name = "synthetic"` trains and evaluates on normally distributed images (the
+statistics of normalized pixels) of `data.image_size`, with uniformly random labels of
+`data.synthetic_num_classes` classes, as flax's ImageNet example does for its fake-data
+benchmark. Nothing is read from disk and TensorFlow is never imported. Training repeats
+one batch, made once on the devices, so a step costs the loop nothing beyond the step
+itself; each evaluation batch is made on the devices when it is needed.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from mobileshuffle_jax import parallel
+from mobileshuffle_jax.dataset_info import DatasetInfo
+
+NAME = "synthetic"
+CHANNELS = 3
+
+
+def info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
+  counts = {"synthetic_num_classes": data_config.synthetic_num_classes,
+            "synthetic_train_examples": data_config.synthetic_train_examples,
+            "synthetic_eval_examples": data_config.synthetic_eval_examples}
+  for field, value in counts.items():
+    if not (isinstance(value, int) and value >= 1):
+      raise ValueError(f"data.{field}={value!r} must be a positive integer")
+  if data_config.image_size < 1:
+    raise ValueError(f"data.image_size={data_config.image_size} must be >= 1")
+  return DatasetInfo(NAME, counts["synthetic_num_classes"],
+                     counts["synthetic_train_examples"], counts["synthetic_eval_examples"])
+
+
+def _examples(key, batch_size: int, data_config: ml_collections.ConfigDict) -> dict:
+  image_key, label_key = jax.random.split(key)
+  size = data_config.image_size
+  return {"images": jax.random.normal(image_key, (batch_size, size, size, CHANNELS),
+                                      jnp.float32),
+          "labels": jax.random.randint(label_key, (batch_size,), 0,
+                                       data_config.synthetic_num_classes, jnp.int32)}
+
+
+def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                  mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
+  """One global batch, sharded over `mesh` as the train step takes it, forever."""
+  info(data_config)
+  make = jax.jit(functools.partial(_examples, batch_size=global_batch_size,
+                                   data_config=data_config),
+                 out_shardings=parallel.batch_sharded(mesh))
+  batch = make(jax.random.key(data_config.seed))
+  while True:
+    yield batch
+
+
+def eval_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                 mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
+  """`synthetic_eval_examples` examples in global batches with a mask over the padding."""
+  examples = info(data_config).num_eval_examples
+
+  def batch(index):
+    key = jax.random.fold_in(jax.random.key(data_config.seed), 1 + index)
+    made = _examples(key, global_batch_size, data_config)
+    position = index * global_batch_size + jnp.arange(global_batch_size)
+    return {**made, "mask": (position < examples).astype(jnp.float32)}
+
+  make = jax.jit(batch, out_shardings=parallel.batch_sharded(mesh))
+  for index in range(-(-examples // global_batch_size)):
+    yield make(index)
