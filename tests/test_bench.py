@@ -26,6 +26,7 @@ def test_json_report_of_our_model(capsys):
                               "batch": 2, "resolution": 64, "repeats": 1,
                               "dtype": "float32", "malloc": "hugepages", "rounds": 1}
   assert report["machine"]["matmul_gflops"] > 0
+  assert (report["machine"]["backend"], report["machine"]["matmul_dtype"]) == ("cpu", "float32")
   assert report["mult_adds_per_image"] > 0
   (result,) = report["results"]
   _check_figures(result)
@@ -33,6 +34,10 @@ def test_json_report_of_our_model(capsys):
   assert result["lowering"] == result["resolved_lowering"] == "fast"
   assert result["memory"]["train_temp_bytes"] > 0
   assert result["infer_gflops"] > 0 and result["train_fraction_of_matmul"] > 0
+  assert report["machine"]["memory_gb_per_s"] > 0
+  # The roofline: bytes as XLA counts them (a training step moves more than inference).
+  assert result["train_bytes_per_image"] > result["infer_bytes_per_image"] > 0
+  assert result["train_roofline_images_per_s"] > 0 and result["infer_fraction_of_roofline"] > 0
   assert report["speedups"] == []
   assert set(report["litert"]["latency_ms_by_threads"]) == {"1", "2"}
   assert min(report["litert"]["latency_ms_by_threads"].values()) > 0
@@ -92,6 +97,14 @@ def test_table_shows_results_errors_ratios_and_the_input_pipeline():
   assert "ours (fast)" in table and "error: exit status 1: ImportError: keras" in table
   assert "ours (fast) / pytorchcv mobilenet_w1: 2.00  1.00  1.00;  2.00  1.00" in table
   assert "cores it needs to feed ours (fast) training: 0.02" in table
+  assert "CPU ms/img" in table and "by CPU time" in table
+  # On an accelerator the host's CPU time per image is not a figure of the model.
+  report["machine"] = dict(report["machine"], backend="gpu", device="NVIDIA H200",
+                           matmul_dtype="bfloat16")
+  table = bench_results.format_report(report)
+  assert "CPU ms/img" not in table and "by CPU time" not in table
+  assert "bfloat16 4096^2 matmul" in table
+  assert "ours (fast) / pytorchcv mobilenet_w1: 2.00  1.00  1.00\n" in table + "\n"
 
 
 def _result(framework, train, infer, latency=10.0, **extra):

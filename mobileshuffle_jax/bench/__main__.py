@@ -19,15 +19,20 @@ TensorFlow backend) it reports, after warm-up, the median over `--repeats` of:
 
 The achieved FLOP rate counts 2 FLOPs per mult-add of `complexity.count` (classifier
 included) per image for inference, and three times that (forward, input gradient and
-weight gradient) for a training step. It is set against the rate of a large float32
-matmul measured by JAX on the same machine, a practical ceiling.
+weight gradient) for a training step. It is set against the rate of a large matmul in
+our compute dtype (`--dtype`) measured by JAX on the same device, a practical ceiling.
+On an accelerator the table leaves out the host's CPU time per image, which says nothing
+of a step that runs on the device.
 
 Every model is measured in its own subprocess, one after the other, so that thread pools,
-allocators and peak memory do not interfere. `--rounds N` measures every model N times in
-turn (ours, then each peer, then again): figures are medians over the rounds, and each ratio
-is the median of the ratios within each round, so that a change of load on a shared machine
-falls on both sides of most ratios instead of on one model. Peers always run in float32
-(PyTorch NCHW, Keras NHWC) with each framework's default threading.
+allocators and peak memory do not interfere; the parent process never initializes a
+device, so on a GPU no measuring process finds its memory already taken. `--rounds N`
+measures every model N times in turn (ours, then each peer, then again): figures are
+medians over the rounds, and each ratio is the median of the ratios within each round, so
+that a change of load on a shared machine falls on both sides of most ratios instead of on
+one model. On CPU the peers run in float32 (PyTorch NCHW, Keras NHWC) with each
+framework's default threading. On a GPU, pytorchcv runs channels_last, with bfloat16
+autocast under `--dtype bfloat16`, both eager and through `torch.compile`.
 
 Allocator: on Linux, `--malloc hugepages` (the default) starts every measured process,
 ours and peers alike, with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, so that glibc backs
@@ -62,7 +67,8 @@ from mobileshuffle_jax.bench import litert, ours, peers, photos, results
 MODELS = ("mobilenet_v1", "shufflenet_v1")
 # Each a function of a spec, run by `--worker` in the process `results.run_in_subprocess`
 # starts; none imports its framework before it is called.
-MEASURE = {"jax": ours.measure_jax, "pytorch": peers.measure_pytorch,
+MEASURE = {"jax": ours.measure_jax, "matmul": ours.measure_matmul,
+           "pytorch": peers.measure_pytorch,
            "keras": peers.measure_keras, "input_pipeline": photos.measure_input_pipeline,
            "litert": litert.measure_litert}
 
@@ -81,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--lowering", choices=("auto", "xla", "fast", "all"), default="auto",
                       help="our conv lowering; 'all': 'xla' and 'fast'")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                      help="our compute dtype (peers run float32)")
+                      help="our compute dtype (on a GPU, PyTorch autocasts to it)")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--rounds", type=int, default=1,
                       help="measure every model this many times in turn; medians over rounds")
@@ -110,8 +116,8 @@ def main(argv=None) -> int:
     print(json.dumps(MEASURE[spec["framework"]](spec)))
     return 0
 
-  import jax
-
+  # Counting builds no arrays: this process never initializes a device, so the measuring
+  # processes have its whole memory.
   from mobileshuffle_jax import complexity, models
 
   if args.model == "mobilenet_v1":
@@ -130,26 +136,33 @@ def main(argv=None) -> int:
     lowerings = tuple(name for name in models.LOWERINGS if name != "auto")
   else:
     lowerings = (args.lowering,)
-  specs = [dict(common, framework="jax", lowering=name, dtype=args.dtype) for name in lowerings]
-  if peer_name:
-    specs.append(dict(common, framework="pytorch"))
-    if args.model == "mobilenet_v1":
-      specs.append(dict(common, framework="keras"))
   if args.rounds < 1:
     parser.error(f"--rounds={args.rounds} must be at least 1")
+  matmul = results.run_in_subprocess({"framework": "matmul", "size": args.matmul_size,
+                                      "repeats": args.repeats, "dtype": args.dtype},
+                                     args.malloc)
+  if "error" in matmul:
+    raise RuntimeError(f"the matmul measurement failed: {matmul['error']}")
+  specs = [dict(common, framework="jax", lowering=name, dtype=args.dtype) for name in lowerings]
+  if peer_name:
+    specs.append(dict(common, framework="pytorch", dtype=args.dtype))
+    if matmul["backend"] == "gpu":  # eager and compiled, as PyTorch users run it there
+      specs.append(dict(common, framework="pytorch", dtype=args.dtype, compile=True))
+    if args.model == "mobilenet_v1":
+      specs.append(dict(common, framework="keras"))
   rounds = [[results.run_in_subprocess(spec, args.malloc) for spec in specs]
             for _ in range(args.rounds)]
   combined = results.combine_rounds(rounds)
-
-  device = jax.devices()[0]
-  matmul_gflops = ours.measure_matmul(args.matmul_size, args.repeats)
   for result in combined:
     if "error" not in result:
-      results.add_flop_rates(result, mult_adds, matmul_gflops)
+      results.add_flop_rates(result, mult_adds, matmul["gflops"])
+      results.add_roofline(result, mult_adds, matmul["gflops"], matmul["memory_gb_per_s"])
   report = {"config": dict(common, dtype=args.dtype, malloc=args.malloc, rounds=args.rounds),
-            "machine": {"backend": device.platform, "device": device.device_kind,
+            "machine": {"backend": matmul["backend"], "device": matmul["device"],
                         "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                        "matmul_size": args.matmul_size, "matmul_gflops": matmul_gflops},
+                        "matmul_size": args.matmul_size, "matmul_dtype": args.dtype,
+                        "matmul_gflops": matmul["gflops"],
+                        "memory_gb_per_s": matmul["memory_gb_per_s"]},
             "mult_adds_per_image": mult_adds, "results": combined,
             "speedups": results.median_speedups(rounds)}
   if args.input_pipeline:

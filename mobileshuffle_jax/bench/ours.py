@@ -67,6 +67,11 @@ def measure_jax(spec: dict) -> dict:
     analysis = compiled.memory_analysis()
     if analysis is not None:
       result["memory"][f"{name}_temp_bytes"] = int(analysis.temp_size_in_bytes)
+    # XLA's own count of the bytes the compiled program reads and writes: the memory side
+    # of the roofline (`results.add_roofline`).
+    cost = compiled.cost_analysis()
+    if cost and cost.get("bytes accessed"):
+      result[f"{name}_bytes_per_image"] = float(cost["bytes accessed"]) / batch
   device = jax.devices()[0]
   stats = device.memory_stats() if device.platform != "cpu" else None
   if stats and "peak_bytes_in_use" in stats:
@@ -77,12 +82,23 @@ def measure_jax(spec: dict) -> dict:
           "device": device.device_kind, **result}
 
 
-def measure_matmul(size: int, repeats: int) -> float:
-  """GFLOP/s of a float32 size x size matmul in JAX: a practical ceiling for the models."""
+def measure_matmul(spec: dict) -> dict:
+  """The device, and the GFLOP/s of a `size` x `size` matmul on it in our compute `dtype`:
+  a practical ceiling for the models' rate (a worker of its own, so that the benchmark's
+  parent process never initializes a device and holds none of its memory)."""
   import jax
   import jax.numpy as jnp
 
-  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  size, dtype = spec["size"], {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[spec["dtype"]]
+  a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+  b = jax.random.normal(jax.random.key(1), (size, size), dtype)
   matmul = jax.jit(jnp.matmul)
-  return 2 * size**3 / measure(lambda: matmul(a, b).block_until_ready(), repeats).wall_s / 1e9
+  wall_s = measure(lambda: matmul(a, b).block_until_ready(), spec["repeats"]).wall_s
+  # Memory bandwidth: one read and one write of a 256 MiB array.
+  array = jnp.zeros(2**26, jnp.float32)
+  increment = jax.jit(lambda x: x + 1)
+  copy_s = measure(lambda: increment(array).block_until_ready(), spec["repeats"]).wall_s
+  device = jax.devices()[0]
+  return {"framework": "matmul", "backend": device.platform, "device": device.device_kind,
+          "dtype": spec["dtype"], "size": size, "gflops": 2 * size**3 / wall_s / 1e9,
+          "memory_gb_per_s": 2 * array.nbytes / copy_s / 1e9}

@@ -43,6 +43,21 @@ def add_flop_rates(result: dict, mult_adds: int, matmul_gflops: float) -> None:
                 train_fraction_of_matmul=train / matmul_gflops)
 
 
+def add_roofline(result: dict, mult_adds: int, matmul_gflops: float,
+                 memory_gb_per_s: float) -> None:
+  """The images/s a step could reach at the device's matmul rate or memory bandwidth,
+  whichever binds first (FLOPs as `add_flop_rates`, bytes as XLA counts them), and the
+  share of it the step reached."""
+  for name, passes in (("train", 3), ("infer", 1)):
+    if f"{name}_bytes_per_image" not in result:
+      continue
+    seconds_per_image = max(passes * 2 * mult_adds / (matmul_gflops * 1e9),
+                            result[f"{name}_bytes_per_image"] / (memory_gb_per_s * 1e9))
+    result[f"{name}_roofline_images_per_s"] = 1 / seconds_per_image
+    result[f"{name}_fraction_of_roofline"] = (result[f"{name}_images_per_s"]
+                                              * seconds_per_image)
+
+
 def combine_rounds(rounds: list[list[dict]]) -> list[dict]:
   """One result per measured model from `rounds` (each a list of results, models in order).
 
@@ -115,18 +130,22 @@ def format_report(report: dict) -> str:
            f"({machine['device']}, {machine['cpu_count']} CPUs); median of "
            f"{config['repeats']} repeats, {config['rounds']} round(s); malloc "
            f"{config['malloc']}",
-           f"{report['mult_adds_per_image'] / 1e6:.1f} M mult-adds per image; float32 "
-           f"{machine['matmul_size']}^2 matmul: {machine['matmul_gflops']:.0f} GFLOP/s"]
-  header = ("model", "train img/s", "infer img/s", "batch-1 ms", "CPU ms/img train/infer",
+           f"{report['mult_adds_per_image'] / 1e6:.1f} M mult-adds per image; "
+           f"{machine.get('matmul_dtype', 'float32')} {machine['matmul_size']}^2 matmul: "
+           f"{machine['matmul_gflops']:.0f} GFLOP/s"]
+  # The host's CPU time says nothing of a step that runs on an accelerator.
+  on_cpu = machine["backend"] == "cpu"
+  header = ("model", "train img/s", "infer img/s", "batch-1 ms",
+            *(("CPU ms/img train/infer",) if on_cpu else ()),
             "compile s train/infer", "peak MiB", "GFLOP/s infer", "GFLOP/s train")
   rows = []
   for r in report["results"]:
     if "error" in r:
       rows.append((_label(r), "error: " + r["error"].strip().splitlines()[-1][:80]))
       continue
+    cpu_ms = f"{r['train_cpu_ms_per_image']:.0f} / {r['infer_cpu_ms_per_image']:.1f}"
     rows.append((_label(r), f"{r['train_images_per_s']:.1f}", f"{r['infer_images_per_s']:.1f}",
-                 f"{r['latency_ms']:.1f}",
-                 f"{r['train_cpu_ms_per_image']:.0f} / {r['infer_cpu_ms_per_image']:.1f}",
+                 f"{r['latency_ms']:.1f}", *((cpu_ms,) if on_cpu else ()),
                  f"{r['compile_train_s']:.1f} / {r['compile_infer_s']:.1f}", _memory_mib(r),
                  f"{r['infer_gflops']:.0f} ({100 * r['infer_fraction_of_matmul']:.0f}%)",
                  f"{r['train_gflops']:.0f} ({100 * r['train_fraction_of_matmul']:.0f}%)"))
@@ -135,11 +154,24 @@ def format_report(report: dict) -> str:
   lines += ["", "  ".join(h.ljust(w) for h, w in zip(header, widths))]
   lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
   if report["speedups"]:
-    lines += ["", "ours / peer (above 1: ours faster): train, infer, batch-1 latency; "
-                  "by CPU time: train, infer"]
+    lines += ["", "ours / peer (above 1: ours faster): train, infer, batch-1 latency"
+                  + ("; by CPU time: train, infer" if on_cpu else "")]
     lines += [f"  {s['ours']} / {s['peer']}: {s['train']:.2f}  {s['infer']:.2f}  "
-              f"{s['latency']:.2f};  {s['train_cpu']:.2f}  {s['infer_cpu']:.2f}"
+              f"{s['latency']:.2f}"
+              + (f";  {s['train_cpu']:.2f}  {s['infer_cpu']:.2f}" if on_cpu else "")
               for s in report["speedups"]]
+  rooflines = [r for r in report["results"]
+               if "error" not in r and "train_roofline_images_per_s" in r]
+  if rooflines:
+    lines += ["", f"roofline at {machine['matmul_gflops']:.0f} GFLOP/s and "
+                  f"{machine['memory_gb_per_s']:.0f} GB/s (XLA's bytes per image): "
+                  "bound img/s (share reached), train / infer"]
+    lines += [f"  {_label(r)}: {r['train_roofline_images_per_s']:.0f} "
+              f"({100 * r['train_fraction_of_roofline']:.0f}%) / "
+              f"{r['infer_roofline_images_per_s']:.0f} "
+              f"({100 * r['infer_fraction_of_roofline']:.0f}%); "
+              f"{r['train_bytes_per_image'] / 2**20:.0f} / "
+              f"{r['infer_bytes_per_image'] / 2**20:.0f} MiB per image" for r in rooflines]
   litert = report.get("litert")
   if litert and "error" in litert:
     lines += ["", f"LiteRT: error: {litert['error'].strip().splitlines()[-1]}"]
