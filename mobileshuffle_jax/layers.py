@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+# A factory of Linen modules: a module class, or a function or partial that returns one.
 ModuleDef = Any
 Activation = Callable[[jnp.ndarray], jnp.ndarray]
 

@@ -38,23 +38,33 @@ def info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
                      counts["synthetic_train_examples"], counts["synthetic_eval_examples"])
 
 
-def _examples(key, batch_size: int, data_config: ml_collections.ConfigDict) -> dict:
-  image_key, label_key = jax.random.split(key)
-  size = data_config.image_size
-  return {"images": jax.random.normal(image_key, (batch_size, size, size, CHANNELS),
-                                      jnp.float32),
-          "labels": jax.random.randint(label_key, (batch_size,), 0,
-                                       data_config.synthetic_num_classes, jnp.int32)}
+@functools.lru_cache(maxsize=None)
+def _batch_maker(mesh: Mesh, batch_size: int, image_size: int, num_classes: int):
+  """A jitted (key, first example's position, example count) -> global batch on `mesh`,
+  with a mask over the positions past the count; compiled once per shape and mesh, not once
+  per evaluation."""
+  def make(key, first_position, examples):
+    image_key, label_key = jax.random.split(key)
+    position = first_position + jnp.arange(batch_size)
+    return {"images": jax.random.normal(
+                image_key, (batch_size, image_size, image_size, CHANNELS), jnp.float32),
+            "labels": jax.random.randint(label_key, (batch_size,), 0, num_classes, jnp.int32),
+            "mask": (position < examples).astype(jnp.float32)}
+  return jax.jit(make, out_shardings=parallel.batch_sharded(mesh))
+
+
+def _maker(data_config: ml_collections.ConfigDict, batch_size: int, mesh: Mesh):
+  return _batch_maker(mesh, batch_size, data_config.image_size,
+                      data_config.synthetic_num_classes)
 
 
 def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
                   mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
   """One global batch, sharded over `mesh` as the train step takes it, forever."""
   info(data_config)
-  make = jax.jit(functools.partial(_examples, batch_size=global_batch_size,
-                                   data_config=data_config),
-                 out_shardings=parallel.batch_sharded(mesh))
-  batch = make(jax.random.key(data_config.seed))
+  made = _maker(data_config, global_batch_size, mesh)(
+      jax.random.key(data_config.seed), 0, global_batch_size)
+  batch = {"images": made["images"], "labels": made["labels"]}
   while True:
     yield batch
 
@@ -63,13 +73,7 @@ def eval_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: i
                  mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
   """`synthetic_eval_examples` examples in global batches with a mask over the padding."""
   examples = info(data_config).num_eval_examples
-
-  def batch(index):
-    key = jax.random.fold_in(jax.random.key(data_config.seed), 1 + index)
-    made = _examples(key, global_batch_size, data_config)
-    position = index * global_batch_size + jnp.arange(global_batch_size)
-    return {**made, "mask": (position < examples).astype(jnp.float32)}
-
-  make = jax.jit(batch, out_shardings=parallel.batch_sharded(mesh))
+  make = _maker(data_config, global_batch_size, mesh)
   for index in range(-(-examples // global_batch_size)):
-    yield make(index)
+    key = jax.random.fold_in(jax.random.key(data_config.seed), 1 + index)
+    yield make(key, index * global_batch_size, examples)

@@ -19,7 +19,6 @@ which take channel blocks.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -27,16 +26,14 @@ import jax.numpy as jnp
 from mobileshuffle_jax import layers
 from mobileshuffle_jax.fast.conv import materialized
 
-ModuleDef = Any
-
 
 class GroupBlocksConvBN(nn.Module):
   """`layers.ConvBN` of a 1x1 group conv on channel blocks, with the same variables."""
 
   features: int
-  conv: ModuleDef
-  norm: ModuleDef
-  activation: Callable | None = None
+  conv: layers.ModuleDef
+  norm: layers.ModuleDef
+  activation: layers.Activation | None = None
 
   @nn.compact
   def __call__(self, blocks: tuple[jnp.ndarray, ...]) -> tuple[jnp.ndarray, ...]:

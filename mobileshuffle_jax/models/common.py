@@ -10,8 +10,6 @@ import jax.numpy as jnp
 
 from mobileshuffle_jax import layers
 
-# A factory of Linen modules: a module class, or a function or partial that returns one.
-ModuleDef = Any
 
 # He initialization of every conv kernel, in flax's (kh, kw, in // groups, out) layout.
 CONV_KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -22,7 +20,7 @@ def check_positive(name: str, value: float) -> None:
     raise ValueError(f"{name}={value!r} must be > 0")
 
 
-def conv_and_norm(conv: ModuleDef, norm: ModuleDef, *, train: bool, dtype: Any,
+def conv_and_norm(conv: layers.ModuleDef, norm: layers.ModuleDef, *, train: bool, dtype: Any,
                   bn_momentum: float, bn_epsilon: float, bn_group_size: int | None = None):
   """The `conv` and `norm` factories with a model's settings bound, once per model.
 

@@ -56,8 +56,8 @@ class MobileNetV1(nn.Module):
   bn_group_size: int | None = None  # training BN statistics: None whole batch, k per k examples
   dtype: Any = jnp.float32
   # The conv and BatchNorm modules: the paper's, or others with the same variables.
-  conv: common.ModuleDef = nn.Conv
-  norm: common.ModuleDef = layers.BatchNorm
+  conv: layers.ModuleDef = nn.Conv
+  norm: layers.ModuleDef = layers.BatchNorm
 
   def __post_init__(self):
     common.check_positive("alpha", self.alpha)

@@ -90,9 +90,9 @@ class ShuffleNetV1(nn.Module):
   bn_group_size: int | None = None  # training BN statistics: None whole batch, k per k examples
   dtype: Any = jnp.float32
   # The conv, BatchNorm and unit modules: the paper's, or others with the same variables.
-  conv: common.ModuleDef = nn.Conv
-  norm: common.ModuleDef = layers.BatchNorm
-  unit: common.ModuleDef = layers.ShuffleUnit
+  conv: layers.ModuleDef = nn.Conv
+  norm: layers.ModuleDef = layers.BatchNorm
+  unit: layers.ModuleDef = layers.ShuffleUnit
 
   def __post_init__(self):
     layers.check_choice("groups", self.groups, GROUPS)
