@@ -69,6 +69,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Fine-tuning: start from the latest checkpoint of this workdir or converted directory.
   config.init_from = ml_collections.config_dict.placeholder(str)
   config.init_from_drop_classifier = False  # keep a fresh classifier (new class count)
+  # Knowledge distillation (configs/distill.py): loss = alpha * T^2 * KL(teacher || student
+  # at temperature T) + (1 - alpha) * cross-entropy. `teacher`: a workdir, a converted
+  # directory or a .safetensors export of the same classes (None: off).
+  config.distill = ml_collections.ConfigDict()
+  config.distill.teacher = ml_collections.config_dict.placeholder(str)
+  config.distill.alpha = 0.9
+  config.distill.temperature = 4.0
 
   config.log_every_steps = 100
   config.eval_every_steps = 400  # also ranks checkpoints by top-1

@@ -2,9 +2,15 @@
 
 `mobileshuffle_jax.load(path)` is `predict.load`: a checkpoint directory or exported file
 as a `Predictor`. It is imported on first use, so that importing the package stays cheap.
+Importing the package sets glibc's malloc to keep freed memory for reuse (`allocator`).
 """
 
+from mobileshuffle_jax import allocator
+
 __all__ = ["load"]
+
+# Before this process's first XLA:CPU buffers: they are then reused from step to step.
+allocator.keep_freed_memory()
 
 
 def __getattr__(name: str):

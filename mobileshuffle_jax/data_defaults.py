@@ -29,6 +29,20 @@ def default_data_config() -> ml_collections.ConfigDict:
   data.shuffle_buffer = 16_384  # records (still encoded) shuffled at a time
   data.cache = False  # keep the encoded training records in memory (small data sets)
   data.seed = 0  # example order and augmentation
+  # A reduced copy of the data set, made once by `prepare` next to it and read instead of
+  # it: images with a shorter side above this many pixels resized to it and re-encoded as
+  # JPEGs of `reduced_quality` (datasets/reduced.py). 0: read the data set itself, as the
+  # papers did. 256, measured in the README, is image_size / eval_crop_ratio at 224 px:
+  # evaluation's centre crop then keeps every stored pixel.
+  data.reduced_shorter_side = 0
+  data.reduced_quality = 90
+  # Data echoing (Choi et al. 2019): each decoded training record gives `echo` crops, each
+  # augmented on its own, shuffled over the batches of a window of `echo_window` records.
+  # Each input shard holds a window's echo x echo_window images (image_size^2 x 3 bytes
+  # each), a multiple of its batch. An epoch still counts training images, so with echo k
+  # it decodes 1 / k of the split.
+  data.echo = 1
+  data.echo_window = 1024
   # The training split is read as this many fixed shards, each host reading a contiguous
   # block of them (0: one per host). The global batch of a step is the same for any host
   # count that divides input_shards, so a run can move between 1 and N hosts unchanged.

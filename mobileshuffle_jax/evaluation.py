@@ -16,13 +16,14 @@ import jax.numpy as jnp
 import ml_collections
 import tqdm
 
-from mobileshuffle_jax import checkpointing, data, model_config, parallel
+from mobileshuffle_jax import allocator, checkpointing, data, model_config, parallel
+from mobileshuffle_jax.predict import preprocess_and_apply
 from mobileshuffle_jax.train_step import cross_entropy
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _metric_sums(model, variables, batch):
-  logits = model.apply(variables, batch["images"], train=False).astype(jnp.float32)
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _metric_sums(model, variables, batch, normalization: str):
+  logits = preprocess_and_apply(model, variables, batch["images"], normalization)
   labels, mask = batch["labels"], batch["mask"]
   top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
   return {
@@ -44,7 +45,7 @@ def evaluate(model, variables, data_config, eval_batch_size: int, mesh) -> dict:
   show_progress = jax.process_index() == 0 and sys.stderr.isatty()
   for batch in tqdm.tqdm(batches, desc="eval", leave=False, unit="batch",
                          disable=not show_progress):
-    batch_sums = _metric_sums(model, variables, batch)
+    batch_sums = _metric_sums(model, variables, batch, data_config.normalization)
     sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
   if sums is None:
     raise ValueError(f"the eval split {data_config.eval_split!r} of {data_config.name!r} "
@@ -70,6 +71,7 @@ def evaluate_checkpoint(workdir: str, config: ml_collections.ConfigDict | None =
   checkpointing.check_same_model(meta, config.model,
                                  checkpointing.param_shapes(abstract["params"]), workdir)
   mesh = parallel.create_mesh()
+  allocator.announce()
   variables = jax.device_put(restored.variables, parallel.replicated(mesh))
   data.prepare(config.data)
   metrics = evaluate(model, variables, config.data, config.eval_batch_size, mesh)

@@ -10,15 +10,27 @@ tars) and returns its `DatasetInfo`. Then:
   function of (seed, step) alone: a pipeline started at step k yields exactly what an
   uninterrupted one yields from step k on, and starting there only reads (never decodes)
   the records of the current epoch that come before step k.
+- With `data.echo` = k > 1 (data echoing, Choi et al. 2019), each record is decoded once and
+  gives k training images, each with its own crop and flip, seeded by (seed, record
+  position, copy). The k images of each window of `data.echo_window` records are shuffled
+  by a permutation seeded by (seed, shard, window) and cut into batches. Batches stay a
+  function of (seed, step): starting at step k reads (never decodes) the records before
+  k's window, then decodes that whole window.
 - `eval_batches` yields `{'images', 'labels', 'mask'}`: every host yields the same number
   of batches (`num_eval_batches`), padded with masked dummies, so that every real example
   counts exactly once whatever the batch size and host count.
 
 Training images are decoded only within a random crop (`sample_distorted_bounding_box` plus
-`decode_and_crop_jpeg`), flipped, resized bilinearly (as TF-slim, whose MobileNet recipe
-this follows) and normalised; evaluation images are centre-cropped to `eval_crop_ratio` of
-their shorter side, then resized, and normalised by `preprocessing.normalize`, the same
-definition a predictor applies to numpy or JAX arrays.
+`decode_and_crop_jpeg`), resized bilinearly (as TF-slim, whose MobileNet recipe this
+follows) and flipped; evaluation images are centre-cropped to `eval_crop_ratio` of their
+shorter side, then resized. Both leave the host as uint8 pixels (rounded), a quarter of
+float32's bytes: the jitted train and evaluation steps normalise them on the devices with
+`preprocessing.normalize`, the same definition a predictor and the exports apply.
+
+With `data.reduced_shorter_side` = N > 0, `prepare` also makes a reduced copy of the data set
+once (`datasets.reduced`: shorter sides of at most N pixels, JPEG quality
+`data.reduced_quality`), and both splits are read from it: the same pipeline, fewer pixels
+to decode. A copy made with other settings is refused (DataError), never silently reused.
 """
 
 from __future__ import annotations
@@ -37,8 +49,9 @@ import tensorflow_datasets as tfds
 from absl import logging as absl_logging
 
 from mobileshuffle_jax import datasets, timing
+from mobileshuffle_jax.datasets import reduced
 from mobileshuffle_jax.dataset_info import DataError, DatasetInfo
-from mobileshuffle_jax.preprocessing import NORMALIZATIONS, normalize
+from mobileshuffle_jax.preprocessing import NORMALIZATIONS
 
 log = logging.getLogger("mobileshuffle_jax")
 
@@ -69,7 +82,7 @@ _WHOLE_IMAGE_BOX = (((0.0, 0.0, 1.0, 1.0),),)
 
 @dataclasses.dataclass(frozen=True)
 class Throughput:
-  """Training-preprocessing speed (see `measure_train_throughput`)."""
+  """Preprocessing speed (see `measure_train_throughput`, `measure_eval_throughput`)."""
 
   images_per_second: float  # wall clock, with as many cores as tf.data took
   images_per_cpu_second: float  # per core: images over the CPU time of the whole process
@@ -82,7 +95,11 @@ def prepare(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   was prepared from (see `_drop_stale_image_folder_copy`).
 
   Raises DataError with instructions when the data cannot be had (unknown name, missing
-  ImageNet tars or image folder, a download that fails, a folder with an empty class).
+  ImageNet tars or image folder, a download that fails, a folder with an empty class), and
+  when the reduced copy that the config asks for exists with other settings.
+
+  With `data.reduced_shorter_side` > 0 it then makes the reduced copy, unless one of the
+  data set as it is now exists already.
   """
   _check_config(data_config)
   builder = _builder(data_config)
@@ -102,6 +119,8 @@ def prepare(data_config: ml_collections.ConfigDict) -> DatasetInfo:
     log.warning("%d unreadable file(s) were skipped when %s was prepared; they are "
                     "listed in %s", len(info.skipped_files), data_config.image_folder,
                     os.path.join(builder.data_dir, "metadata.json"))
+  if data_config.get("reduced_shorter_side", 0):
+    _prepare_reduced_copy(data_config, builder)
   return info
 
 
@@ -110,9 +129,10 @@ def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: 
                   process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
   """This host's training batches from `start_step` on, forever.
 
-  Yields {'images': float32 [global_batch_size // process_count, H, W, 3],
+  Yields {'images': uint8 [global_batch_size // process_count, H, W, 3],
   'labels': int32 [global_batch_size // process_count]}: the rows of the global batch
-  that this host's devices hold, which are the sub-batches of its input shards.
+  that this host's devices hold, which are the sub-batches of its input shards. With
+  `data.echo` = k, an epoch of steps (as many images as the split holds) decodes 1 / k of it.
   """
   _check_config(data_config)
   host_batch_size = _host_batch_size(global_batch_size, process_index, process_count)
@@ -153,6 +173,11 @@ def _shard_batches(data_config: ml_collections.ConfigDict, builder: tfds.core.Da
   if data_config.cache:
     records = records.cache()
   seed = int(data_config.seed)
+  echo = int(data_config.get("echo", 1))
+  window = int(data_config.get("echo_window", 1)) if echo > 1 else 1
+  if echo > 1 and (window * echo) % batch_size:
+    raise ValueError(f"data.echo_window={window} x data.echo={echo} must be a multiple of "
+                     f"the batch of each input shard, {batch_size}")
 
   def epoch_records(epoch):
     # A fresh shuffle per epoch, seeded by (seed, epoch): every example once per epoch, and
@@ -164,21 +189,36 @@ def _shard_batches(data_config: ml_collections.ConfigDict, builder: tfds.core.Da
         maxval=2**31 - 1, dtype=tf.int64)
     return records.shuffle(data_config.shuffle_buffer, seed=epoch_seed)
 
-  first_position = start_step * batch_size  # this shard's examples before start_step
-  start_epoch, offset_in_epoch = divmod(first_position, shard_examples)
-  examples = tf.data.Dataset.counter(start_epoch).flat_map(epoch_records)
+  # This shard's training images before start_step: whole windows of records, then images
+  # within one window (without echo, windows of one record yielded once).
+  first_window, offset_in_window = divmod(start_step * batch_size, window * echo)
+  start_epoch, offset_in_epoch = divmod(first_window * window, shard_examples)
+  records_from = tf.data.Dataset.counter(start_epoch).flat_map(epoch_records)
   # Skipped records are never decoded: resuming costs a read of part of one epoch.
-  examples = examples.skip(offset_in_epoch).enumerate(start=first_position)
+  records_from = records_from.skip(offset_in_epoch)
 
-  def preprocess(position, record):
-    image_bytes, label = record
-    # Unique over shards, so no two examples anywhere share their augmentation.
-    example_seed = tf.stack([tf.constant(seed, tf.int64),
-                             position * shard_count + shard_index])
-    return {"images": _train_image(image_bytes, example_seed, data_config), "labels": label}
+  def augmentation_seed(position):
+    # Unique over shards, so no two images anywhere share their augmentation.
+    return tf.stack([tf.constant(seed, tf.int64), position * shard_count + shard_index])
 
-  batches = examples.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return batches.batch(batch_size, drop_remainder=True)
+  if echo == 1:
+    def preprocess(position, record):
+      image_bytes, label = record
+      return {"images": _train_image(image_bytes, augmentation_seed(position), data_config),
+              "labels": label}
+
+    images = records_from.enumerate(start=first_window).map(
+        preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return images.batch(batch_size, drop_remainder=True)
+
+  def augment(image, echoed_position):
+    return _echoed_train_image(image, augmentation_seed(echoed_position), data_config)
+
+  window_seed = tf.stack([tf.constant(seed, tf.int64), tf.constant(shard_index, tf.int64)])
+  batches = _echoed_batches(records_from, first_window * window, window, echo, batch_size,
+                            augment, window_seed)
+  # Only the first window's images are made before they are skipped.
+  return batches.skip(offset_in_window // batch_size)
 
 
 def num_eval_batches(info_or_config: DatasetInfo | ml_collections.ConfigDict,
@@ -201,7 +241,7 @@ def eval_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: i
                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
   """This host's share of the eval split, padded to `num_eval_batches` full batches.
 
-  Yields {'images': float32 [B, H, W, 3], 'labels': int32 [B], 'mask': float32 [B]} with
+  Yields {'images': uint8 [B, H, W, 3], 'labels': int32 [B], 'mask': float32 [B]} with
   B = global_batch_size // process_count; mask is 1 for real examples, 0 for padding.
   """
   _check_config(data_config)
@@ -219,7 +259,7 @@ def eval_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: i
             "mask": tf.constant(1.0)}
 
   size = data_config.image_size
-  dummy = {"images": tf.zeros([size, size, 3]), "labels": tf.constant(0, tf.int32),
+  dummy = {"images": tf.zeros([size, size, 3], tf.uint8), "labels": tf.constant(0, tf.int32),
            "mask": tf.constant(0.0)}
   examples = tf.data.Dataset.from_tensors(dummy).repeat(padding)
   if host_examples:  # tfds refuses to read an empty sub-split (more hosts than examples)
@@ -233,11 +273,30 @@ def measure_train_throughput(data_config: ml_collections.ConfigDict, batch_size:
                              num_batches: int) -> Throughput:
   """Times `num_batches` training batches of one host after a warm-up batch.
 
-  The warm-up absorbs tracing and the first shuffle-buffer fill. `images_per_cpu_second`
-  divides by the CPU time of the whole process (all tf.data threads), so it measures the
-  cost per core independently of how many cores were free.
+  The warm-up absorbs tracing and the first shuffle-buffer fill (with echo, the first
+  window's decoding: time many windows' worth of batches). `images_per_cpu_second` divides
+  by the CPU time of the whole process (all tf.data threads), so it measures the cost per
+  core independently of how many cores were free.
   """
-  batches = train_batches(data_config, global_batch_size=batch_size)
+  return measure_batches(train_batches(data_config, global_batch_size=batch_size), batch_size,
+                         num_batches)
+
+
+def measure_eval_throughput(data_config: ml_collections.ConfigDict, batch_size: int,
+                            num_batches: int) -> Throughput:
+  """`measure_train_throughput` for evaluation batches of `data_config.eval_split`, which
+  must hold `num_batches` + 1 full batches (no padding is timed)."""
+  full_batches = _num_examples(_prepared_builder(data_config),
+                               data_config.eval_split) // batch_size
+  if full_batches < num_batches + 1:
+    raise ValueError(f"data.eval_split={data_config.eval_split!r} holds {full_batches} full "
+                     f"batches of {batch_size}; timing {num_batches} needs {num_batches + 1}")
+  return measure_batches(eval_batches(data_config, global_batch_size=batch_size), batch_size,
+                         num_batches)
+
+
+def measure_batches(batches: Iterator[Any], batch_size: int, num_batches: int) -> Throughput:
+  """Times `num_batches` of `batches` (of `batch_size` images each) after a warm-up batch."""
   next(batches)
 
   def read_batches():
@@ -271,6 +330,14 @@ def _check_config(data_config: ml_collections.ConfigDict) -> None:
                      f"{tuple(data_config.train_crop_aspect_range)} must satisfy 0 < low <= high")
   if data_config.shuffle_buffer < 1:
     raise ValueError(f"data.shuffle_buffer={data_config.shuffle_buffer} must be >= 1")
+  if data_config.get("reduced_shorter_side", 0) < 0:
+    raise ValueError(f"data.reduced_shorter_side={data_config.reduced_shorter_side} must be "
+                     ">= 0 (0: read the data set itself)")
+  if not 1 <= data_config.get("reduced_quality", 90) <= 100:
+    raise ValueError(f"data.reduced_quality={data_config.reduced_quality} must be in [1, 100]")
+  for field in ("echo", "echo_window"):
+    if data_config.get(field, 1) < 1:
+      raise ValueError(f"data.{field}={data_config[field]} must be >= 1")
 
 
 def _host_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
@@ -334,11 +401,80 @@ def _drop_stale_image_folder_copy(data_config: ml_collections.ConfigDict,
 
 
 def _prepared_builder(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The builder that batches are read from: the data set's, or that of its reduced copy
+  when the config asks for one; DataError unless it is prepared and up to date."""
   builder = _builder(data_config)
+  call_prepare = "call mobileshuffle_jax.input_pipeline.prepare(config.data) first"
   if not builder.is_prepared():
-    raise DataError(f"{data_config.name!r} is not prepared in {builder.data_dir_root}: call "
-                    "mobileshuffle_jax.input_pipeline.prepare(config.data) first")
-  return builder
+    raise DataError(f"{data_config.name!r} is not prepared in {builder.data_dir_root}: "
+                    f"{call_prepare}")
+  if not data_config.get("reduced_shorter_side", 0):
+    return builder
+  copy = _reduced_builder(data_config, builder)
+  if not copy.is_prepared():
+    raise DataError(f"the reduced copy of {data_config.name!r} is not made yet in "
+                    f"{copy.data_dir_root}: {call_prepare}")
+  _check_reduced_settings(data_config, copy)
+  if not _is_copy_of(copy, builder):
+    raise DataError(f"the reduced copy {copy.data_dir} was made from another version of "
+                    f"{data_config.name!r}: {call_prepare}, which makes it again")
+  return copy
+
+
+def _reduced_builder(data_config: ml_collections.ConfigDict,
+                     source: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  image_key, label_key = _feature_keys(source)
+  return reduced.builder_for_source(source, image_key, label_key,
+                                    data_config.reduced_shorter_side,
+                                    data_config.reduced_quality)
+
+
+def _check_reduced_settings(data_config: ml_collections.ConfigDict,
+                            copy: tfds.core.DatasetBuilder) -> None:
+  """DataError, naming both, unless `copy` was made with the settings the config asks for."""
+  recorded = dict(copy.info.metadata.items()).get(reduced.SETTINGS_KEY)
+  asked = reduced.settings(data_config.reduced_shorter_side, data_config.reduced_quality)
+  if recorded == asked:
+    return
+  made_with = reduced.describe(recorded) if recorded else "settings it does not record"
+  keep = (f"set them to {recorded['shorter_side']} and {recorded['quality']} to read this "
+          "copy, or " if recorded else "")
+  raise DataError(f"the reduced copy {copy.data_dir} was made with {made_with}, but the "
+                  f"config asks for data.reduced_shorter_side={asked['shorter_side']} and "
+                  f"data.reduced_quality={asked['quality']}: {keep}delete that directory to "
+                  "make the copy again with these settings")
+
+
+def _is_copy_of(copy: tfds.core.DatasetBuilder, source: tfds.core.DatasetBuilder) -> bool:
+  recorded = dict(copy.info.metadata.items()).get(reduced.SOURCE_KEY) or {}
+  return recorded.get("sha256") == reduced.source_fingerprint(source)
+
+
+def _prepare_reduced_copy(data_config: ml_collections.ConfigDict,
+                          source: tfds.core.DatasetBuilder) -> None:
+  """Makes the reduced copy of the prepared `source` unless an up-to-date one exists.
+
+  A copy with other settings is refused; a copy of an older source (an image folder that
+  changed since) is deleted and made again, as the source itself was.
+  """
+  copy = _reduced_builder(data_config, source)
+  if copy.is_prepared():
+    _check_reduced_settings(data_config, copy)
+    if _is_copy_of(copy, source):
+      return
+    log.warning("%s changed since its reduced copy %s was made: deleting that copy and "
+                    "making it again", data_config.name, copy.data_dir)
+    copy.data_path.rmtree()
+    copy = _reduced_builder(data_config, source)
+  log.info("Making the reduced copy of %s (%s) in %s", data_config.name,
+               reduced.describe(reduced.settings(data_config.reduced_shorter_side,
+                                                 data_config.reduced_quality)),
+               copy.data_dir)
+  try:
+    copy.download_and_prepare()
+  except Exception as error:  # pylint: disable=broad-except
+    raise DataError(f"could not make the reduced copy of {data_config.name!r} in "
+                    f"{copy.data_dir_root}: {type(error).__name__}: {error}") from error
 
 
 def _feature_keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
@@ -468,26 +604,86 @@ def _decode_and_crop(image_bytes: tf.Tensor, crop_window_fn) -> tf.Tensor:
 
 
 def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
-  return tf.image.resize(image, [size, size], method="bilinear")  # float32, within 0..255
+  """uint8 `image` resized bilinearly to size x size, rounded back to uint8 pixels."""
+  # The same pixels as resizing the uint8 image, whose kernel converts every pixel it reads:
+  # converting them all first measured faster.
+  resized = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bilinear")
+  # Bilinear weights are convex: within 0..255 already, so adding 0.5 and truncating rounds
+  # (halves up) in one pass over the pixels fewer than round-then-saturate.
+  return tf.cast(resized + 0.5, tf.uint8)
+
+
+def _random_crop_window(image_shape: tf.Tensor, crop_seed: tf.Tensor,
+                        data_config: ml_collections.ConfigDict) -> tf.Tensor:
+  """[y, x, height, width] of a random crop within the configured area and aspect ranges."""
+  # min_object_covered=0: the configured area range alone bounds the crop's area.
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      image_shape, bounding_boxes=tf.constant(_WHOLE_IMAGE_BOX), seed=crop_seed,
+      min_object_covered=0.0, aspect_ratio_range=tuple(data_config.train_crop_aspect_range),
+      area_range=tuple(data_config.train_crop_area_range), max_attempts=CROP_ATTEMPTS,
+      use_image_if_no_bounding_boxes=True)
+  return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
+def _resize_and_flip(crop: tf.Tensor, flip_seed: tf.Tensor,
+                     data_config: ml_collections.ConfigDict) -> tf.Tensor:
+  image = _resize(crop, data_config.image_size)
+  if data_config.train_flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  return image
 
 
 def _train_image(image_bytes: tf.Tensor, example_seed: tf.Tensor,
                  data_config: ml_collections.ConfigDict) -> tf.Tensor:
+  """A random crop of the encoded image (a JPEG's decoded alone), resized and flipped."""
   crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
+  crop = _decode_and_crop(image_bytes,
+                          lambda shape: _random_crop_window(shape, crop_seed, data_config))
+  return _resize_and_flip(crop, flip_seed, data_config)
 
-  def random_crop_window(image_shape):
-    # min_object_covered=0: the configured area range alone bounds the crop's area.
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        image_shape, bounding_boxes=tf.constant(_WHOLE_IMAGE_BOX), seed=crop_seed,
-        min_object_covered=0.0, aspect_ratio_range=tuple(data_config.train_crop_aspect_range),
-        area_range=tuple(data_config.train_crop_area_range), max_attempts=CROP_ATTEMPTS,
-        use_image_if_no_bounding_boxes=True)
-    return tf.stack([begin[0], begin[1], size[0], size[1]])
 
-  image = _resize(_decode_and_crop(image_bytes, random_crop_window), data_config.image_size)
-  if data_config.train_flip:
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  return normalize(image, data_config.normalization)
+def _echoed_train_image(image: tf.Tensor, example_seed: tf.Tensor,
+                        data_config: ml_collections.ConfigDict) -> tf.Tensor:
+  """`_train_image` of an image decoded already (the same crop distribution)."""
+  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
+  y, x, height, width = tf.unstack(_random_crop_window(tf.shape(image), crop_seed, data_config))
+  return _resize_and_flip(image[y:y + height, x:x + width], flip_seed, data_config)
+
+
+def _echoed_batches(records: tf.data.Dataset, first_record: int, window: int, echo: int,
+                    batch_size: int, augment, window_seed: tf.Tensor) -> tf.data.Dataset:
+  """Batches {'images', 'labels'} of `records`, each decoded once and augmented `echo`
+  times, `augment(image, echoed_position)` with echoed_position = record position * echo +
+  copy, then shuffled within each window of `window` records by a permutation seeded by
+  `window_seed` and the window's index alone, and cut into batches. `records` starts at
+  record `first_record`, the first of its window; window * echo is a multiple of
+  `batch_size`, so that batches are rows of the shuffled window and not copied again."""
+
+  def decode_and_augment(record_position, record):
+    image_bytes, label = record
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    copies = [augment(image, record_position * echo + copy) for copy in range(echo)]
+    return {"images": tf.stack(copies), "labels": tf.fill([echo], label)}
+
+  def shuffled_batches(index, window_images):
+    # Independent of the other windows and of the augmentation: any window can start alone.
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(window * echo), seed=tf.random.experimental.stateless_fold_in(window_seed,
+                                                                               index))
+
+    def batches(value):  # [window, echo, ...] -> [batches in the window, batch_size, ...]
+      rows = tf.gather(tf.reshape(value, tf.concat([[window * echo], tf.shape(value)[2:]], 0)),
+                       order)
+      return tf.reshape(rows, tf.concat([[-1, batch_size], tf.shape(rows)[1:]], 0))
+
+    return tf.data.Dataset.from_tensor_slices(
+        {key: batches(value) for key, value in window_images.items()})
+
+  augmented = records.enumerate(start=first_record).map(
+      decode_and_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  windows = augmented.batch(window, drop_remainder=True)
+  return windows.enumerate(start=first_record // window).flat_map(shuffled_batches)
 
 
 def _eval_image(image_bytes: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
@@ -500,5 +696,4 @@ def _eval_image(image_bytes: tf.Tensor, data_config: ml_collections.ConfigDict) 
     side = tf.maximum(side, 1)
     return tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
 
-  image = _resize(_decode_and_crop(image_bytes, center_crop_window), data_config.image_size)
-  return normalize(image, data_config.normalization)
+  return _resize(_decode_and_crop(image_bytes, center_crop_window), data_config.image_size)

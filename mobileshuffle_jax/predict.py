@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mobileshuffle_jax import checkpointing, model_config, preprocessing, safetensors_io
+from mobileshuffle_jax import (allocator, checkpointing, model_config, preprocessing,
+                               safetensors_io)
 
 
 def preprocess_and_apply(model, variables, images, normalization: str):
@@ -154,6 +155,7 @@ def _predictor(config: ml_collections.ConfigDict, meta: dict[str, Any],
       {"model": meta["model"], "model_options": meta["model_options"],
        "param_shapes": checkpointing.param_shapes(variables["params"])},
       config.model, checkpointing.param_shapes(abstract["params"]), where)
+  allocator.announce()
   return Predictor(model=model, variables=jax.device_put(variables),
                    preprocessing=preprocessing, config=config,
                    params_sha256=meta["params_sha256"], step=int(meta["step"]),

@@ -1,4 +1,4 @@
-r"""Ablation sweeps: a grid or a list of training runs ("cells"), run one after another.
+r"""Ablation sweeps: a grid or a list of training runs ("cells"), each run once per seed.
 
 A sweep definition is a Python file (see configs/sweeps/) whose `get_sweep()` returns a
 ConfigDict with:
@@ -9,25 +9,36 @@ ConfigDict with:
                 named 'label=value,label=value' (label: the field's last component), or
   cells         [{'name', 'overrides'[, 'config']}, ...]: cells listed one by one, each
                 with its own overrides (pairs as above) and optionally its own config
+  seeds         optional [int, ...] (default [0]): every cell trains once per seed, which
+                sets both `seed` (initialization) and `data.seed` (example order and
+                augmentation); the report gives each cell's mean and confidence interval
   name          optional (default: the file's name without .py)
   description   optional one line: what the sweep reproduces, for the report's heading
   paper_tables  optional: the papers' tables whose printed rows the report sets beside
                 ours when a cell's model matches several ('6', '7', ...)
 
 Overrides are (field, value) pairs rather than a dict because a ConfigDict refuses dotted
-keys. A cell's overrides come after the sweep's, so they win.
+keys. A cell's overrides come after the sweep's, so they win; the seed fields belong to
+`seeds` alone.
 
   python -m mobileshuffle_jax.sweep configs/sweeps/mobilenet_width_resolution.py \
-      --workdir ROOT [--only NAME ...] [--print-commands] [--config.FIELD=VALUE ...]
+      --workdir ROOT [--only NAME ...] [--seeds 0,1,2] [--print-commands] \
+      [--config.FIELD=VALUE ...]
 
-Each cell trains in ROOT/<cell name> through `training.train_and_evaluate`, so an
-interrupted cell resumes from its last checkpoint when the sweep is run again. A cell is
-finished when its workdir holds `result.json`, written atomically once training has
-returned, for the same resolved config, and the checkpoint of the final step it names
-still exists; finished cells are skipped. `--config.FIELD=VALUE` flags override every
-cell exactly as they would train.py's config (e.g. `--config.data.manual_dir=DIR`).
-`--print-commands` prints instead one train.py command per cell, for a cluster.
-ROOT/sweep.json records the sweep's cells for `mobileshuffle_jax.report`.
+Each run (a cell at one seed) trains in ROOT/<cell name>/seed=<seed> through
+`training.train_and_evaluate`, so an interrupted run resumes from its last checkpoint when
+the sweep is run again. A run is finished when its workdir holds `result.json`, written
+atomically once training has returned, for the same resolved config, and the checkpoint of
+the final step it names still exists; finished runs are skipped. Runs go seed by seed
+(every cell at the first seed, then every cell at the next), so that a sweep stopped
+half-way has whole tables. `--seeds` replaces the definition's seeds (more seeds later
+add runs; finished ones stay). `--config.FIELD=VALUE` flags override every run exactly as
+they would train.py's config (e.g. `--config.data.manual_dir=DIR`).
+`--print-commands` prints instead one train.py command per run, for a cluster.
+ROOT/sweep.json records the sweep's cells and seeds for `mobileshuffle_jax.report`.
+The seeds of a cell compile the same programs, so the sweep keeps JAX's persistent
+compilation cache in ROOT/.jax_cache (unless JAX_COMPILATION_CACHE_DIR names another):
+the later seeds skip compiling.
 """
 
 from __future__ import annotations
@@ -56,6 +67,10 @@ log = logging.getLogger("mobileshuffle_jax")
 
 RESULT_FILE = "result.json"
 SWEEP_FILE = "sweep.json"
+# What a run's seed sets: the initialization, and the example order and augmentation.
+SEED_FIELDS = ("seed", "data.seed")
+SEED_DIRECTORY_PREFIX = "seed="  # a run's workdir: ROOT/<cell name>/seed=<seed>
+COMPILATION_CACHE = ".jax_cache"  # in ROOT, unless JAX_COMPILATION_CACHE_DIR names another
 
 
 class Preempted(Exception):
@@ -76,11 +91,63 @@ class Sweep:
   description: str
   paper_tables: tuple[str, ...]
   cells: tuple[Cell, ...]
+  seeds: tuple[int, ...]
 
   def as_json(self) -> dict:
     return {"name": self.name, "description": self.description,
-            "paper_tables": list(self.paper_tables),
+            "paper_tables": list(self.paper_tables), "seeds": list(self.seeds),
             "cells": [dataclasses.asdict(cell) for cell in self.cells]}
+
+
+def runs(cells: Sequence[Cell], seeds: Sequence[int]) -> list[tuple[Cell, int]]:
+  """(cell, seed) of every run, seed by seed: a sweep stopped half-way has whole tables."""
+  return [(cell, seed) for seed in seeds for cell in cells]
+
+
+def run_workdir(root: str, cell_name: str, seed: int) -> str:
+  return os.path.join(root, cell_name, f"{SEED_DIRECTORY_PREFIX}{seed}")
+
+
+def parse_run_workdir(workdir: str) -> tuple[str, str, int | None]:
+  """(sweep root, cell name, seed) of a run's workdir; the seed is None for a workdir
+  outside the seed layout (a train.py run), which is then a cell of its parent."""
+  workdir = os.path.normpath(workdir)
+  base = os.path.basename(workdir)
+  digits = base[len(SEED_DIRECTORY_PREFIX):]
+  if base.startswith(SEED_DIRECTORY_PREFIX) and digits.isdigit():
+    cell_dir = os.path.dirname(workdir)
+    return os.path.dirname(cell_dir), os.path.basename(cell_dir), int(digits)
+  return os.path.dirname(workdir), base, None
+
+
+def seed_overrides(seed: int) -> dict[str, int]:
+  return {field: seed for field in SEED_FIELDS}
+
+
+def flatten(config: ml_collections.ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  """{dotted field: value} of every leaf of `config`."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+  """'0,1,2' -> (0, 1, 2): distinct non-negative integers, at least one."""
+  try:
+    seeds = tuple(int(word) for word in text.split(","))
+  except ValueError:
+    raise ValueError(f"seeds {text!r}: expected integers separated by commas") from None
+  return _checked_seeds(seeds, f"seeds {text!r}")
+
+
+def _checked_seeds(seeds: tuple[int, ...], where: str) -> tuple[int, ...]:
+  if not seeds or any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+    raise ValueError(f"{where}: expected distinct non-negative seeds, at least one")
+  return seeds
 
 
 def _load_module(path: str):
@@ -132,15 +199,23 @@ def sweep_from_definition(definition: ml_collections.ConfigDict, name: str) -> S
   else:
     cells = [Cell(cell["name"], cell.get("config", base),
                   {**common, **dict(cell.get("overrides", ()))}) for cell in listed]
+  for cell in cells:
+    fixed = [field for field in SEED_FIELDS if field in cell.overrides]
+    if fixed:
+      raise ValueError(f"sweep {name!r}, cell {cell.name}: {', '.join(fixed)} belong to the "
+                       "sweep's `seeds`, not to overrides or axes")
+  seeds = _checked_seeds(tuple(int(seed) for seed in definition.get("seeds", (0,))),
+                         f"sweep {name!r}")
   names = [cell.name for cell in cells]
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise ValueError(f"sweep {name!r} has cells of the same name: {', '.join(duplicates)}")
-  bad = [n for n in names if not n or "/" in n or n.startswith(".")]
+  bad = [n for n in names
+         if not n or "/" in n or n.startswith(".") or n.startswith(SEED_DIRECTORY_PREFIX)]
   if bad:
     raise ValueError(f"sweep {name!r}: cell names must be plain directory names: {bad}")
   return Sweep(definition.get("name", name), definition.get("description", ""),
-               tuple(definition.get("paper_tables", ())), tuple(cells))
+               tuple(definition.get("paper_tables", ())), tuple(cells), seeds)
 
 
 def load_sweep(path: str) -> Sweep:
@@ -164,10 +239,12 @@ def _set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None
   target[leaf] = value  # ConfigDict keeps the field's type (an int may become a float)
 
 
-def cell_config(cell: Cell, flag_args: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  """The resolved config of `cell`, then `--config.FIELD=VALUE` flags as train.py reads them."""
+def cell_config(cell: Cell, seed: int, flag_args: Sequence[str] = ()
+                ) -> ml_collections.ConfigDict:
+  """The resolved config of `cell` at `seed`, then `--config.FIELD=VALUE` flags as train.py
+  reads them."""
   config = load_config(cell.config)
-  for path, value in cell.overrides.items():
+  for path, value in {**cell.overrides, **seed_overrides(seed)}.items():
     _set_field(config, path, value)
   if not flag_args:
     return config
@@ -178,13 +255,18 @@ def cell_config(cell: Cell, flag_args: Sequence[str] = ()) -> ml_collections.Con
   return values.config
 
 
-def cell_configs(cells: Sequence[Cell], flag_args: Sequence[str] = ()
-                 ) -> list[ml_collections.ConfigDict]:
-  """Every cell's config, built before any cell trains so that a typo fails at once."""
+def run_configs(planned: Sequence[tuple[Cell, int]], flag_args: Sequence[str] = ()
+                ) -> list[ml_collections.ConfigDict]:
+  """Every run's config, built before any run trains so that a typo fails at once."""
+  seed_flags = [arg for arg in flag_args
+                if arg.split("=", 1)[0] in {f"--config.{field}" for field in SEED_FIELDS}]
+  if seed_flags:
+    raise ValueError(f"{', '.join(seed_flags)}: a sweep sets the seeds of its runs; give "
+                     "--seeds instead")
   configs = []
-  for cell in cells:
+  for cell, seed in planned:
     try:
-      configs.append(cell_config(cell, flag_args))
+      configs.append(cell_config(cell, seed, flag_args))
     except (ValueError, TypeError, KeyError, AttributeError, flags.Error) as error:
       raise ValueError(f"cell {cell.name}: {error}") from error
   return configs
@@ -195,10 +277,11 @@ def config_sha256(config: ml_collections.ConfigDict) -> str:
                         .encode()).hexdigest()
 
 
-def train_command(cell: Cell, workdir: str, flag_args: Sequence[str] = ()) -> str:
-  """The train.py command line that trains `cell` in `workdir`."""
+def train_command(cell: Cell, seed: int, workdir: str, flag_args: Sequence[str] = ()) -> str:
+  """The train.py command line that trains `cell` at `seed` in `workdir`."""
   words = ["python", "train.py", "--config", cell.config, "--workdir", workdir]
-  words += [f"--config.{path}={format_value(value)}" for path, value in cell.overrides.items()]
+  words += [f"--config.{path}={format_value(value)}"
+            for path, value in {**cell.overrides, **seed_overrides(seed)}.items()]
   words += list(flag_args)
   return " ".join(shlex.quote(word) for word in words)
 
@@ -230,9 +313,9 @@ def is_finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
     store.close()
 
 
-def run_cell(cell: Cell, config: ml_collections.ConfigDict, workdir: str,
+def run_cell(cell: Cell, seed: int, config: ml_collections.ConfigDict, workdir: str,
              sweep_name: str) -> dict:
-  """Train (or resume) `cell` to its end, then record its result atomically."""
+  """Train (or resume) `cell` at `seed` to its end, then record its result atomically."""
   # Imported here, as in train.py, so that the CLI sets up the runtime first.
   from mobileshuffle_jax import data, training  # pylint: disable=g-import-not-at-top
 
@@ -252,7 +335,8 @@ def run_cell(cell: Cell, config: ml_collections.ConfigDict, workdir: str,
   if step != total_steps:
     raise RuntimeError(f"{workdir}: training returned at checkpoint step {step}, not at "
                        f"the final step {total_steps}")
-  result = {"sweep": sweep_name, "cell": cell.name, "config_sha256": config_sha256(config),
+  result = {"sweep": sweep_name, "cell": cell.name, "seed": seed,
+            "config_sha256": config_sha256(config),
             "step": step, "total_steps": total_steps, "num_classes": info.num_classes,
             "eval": metrics, "seconds_this_run": seconds}
   if jax.process_index() == 0:
@@ -271,35 +355,40 @@ def select(sweep: Sweep, only: Sequence[str] | None) -> list[Cell]:
   return [cell for cell in sweep.cells if cell.name in only]
 
 
+def run_name(cell: Cell, seed: int) -> str:
+  return f"{cell.name} seed {seed}"
+
+
 def run_sweep(sweep: Sweep, root: str, only: Sequence[str] | None = None,
               flag_args: Sequence[str] = ()) -> list[str]:
-  """Run the unfinished cells of `sweep` under `root`; the names of the cells that failed.
+  """Run the unfinished runs of `sweep` under `root`; the names of the runs that failed.
 
-  A cell that raises an Exception is logged and the next one runs (one diverging cell
+  A run that raises an Exception is logged and the next one runs (one diverging run
   should not cost the rest of the night); a preemption (`Preempted`) or an interruption
   (KeyboardInterrupt) stops the sweep.
   """
-  cells = select(sweep, only)
-  configs = cell_configs(cells, flag_args)
+  planned = runs(select(sweep, only), sweep.seeds)
+  configs = run_configs(planned, flag_args)
   if jax.process_index() == 0:
     os.makedirs(root, exist_ok=True)
     _write_json(os.path.join(root, SWEEP_FILE), sweep.as_json())
   failed = []
-  for index, (cell, config) in enumerate(zip(cells, configs), start=1):
-    workdir = os.path.join(root, cell.name)
+  for index, ((cell, seed), config) in enumerate(zip(planned, configs), start=1):
+    workdir = run_workdir(root, cell.name, seed)
+    name = run_name(cell, seed)
     if is_finished(workdir, config):
-      log.info("cell %d/%d %s: finished earlier, skipped", index, len(cells), cell.name)
+      log.info("run %d/%d %s: finished earlier, skipped", index, len(planned), name)
       continue
-    log.info("cell %d/%d %s: training in %s", index, len(cells), cell.name, workdir)
+    log.info("run %d/%d %s: training in %s", index, len(planned), name, workdir)
     try:
-      result = run_cell(cell, config, workdir, sweep.name)
+      result = run_cell(cell, seed, config, workdir, sweep.name)
     except Preempted:
       raise
     except Exception as error:  # pylint: disable=broad-except
-      log.error("cell %s failed: %s", cell.name, error, exc_info=flags.FLAGS.verbose)
-      failed.append(cell.name)
+      log.error("run %s failed: %s", name, error, exc_info=flags.FLAGS.verbose)
+      failed.append(name)
       continue
-    log.info("cell %s: top1 %.4f after %d steps (%.0f s)", cell.name, result["eval"]["top1"],
+    log.info("run %s: top1 %.4f after %d steps (%.0f s)", name, result["eval"]["top1"],
              result["step"], result["seconds_this_run"])
   return failed
 
@@ -307,14 +396,18 @@ def run_sweep(sweep: Sweep, root: str, only: Sequence[str] | None = None,
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m mobileshuffle_jax.sweep", description=__doc__.split("\n\n")[0],
-      epilog="Any --config.FIELD=VALUE flag overrides that field in every cell; the "
-             "runtime's flags (--coordinator_address, ...) are accepted as by train.py.")
+      epilog="Any --config.FIELD=VALUE flag overrides that field in every run (the seeds "
+             "excepted: --seeds); the runtime's flags (--coordinator_address, ...) are "
+             "accepted as by train.py.")
   parser.add_argument("sweep", help="a sweep definition file, e.g. configs/sweeps/*.py")
-  parser.add_argument("--workdir", required=True, help="root: one directory per cell")
+  parser.add_argument("--workdir", required=True,
+                      help="root: one directory per cell, one below it per seed")
   parser.add_argument("--only", action="append", metavar="NAME",
                       help="run only this cell (repeatable)")
+  parser.add_argument("--seeds", metavar="S,S,...",
+                      help="run every cell at these seeds instead of the sweep's")
   parser.add_argument("--print-commands", action="store_true",
-                      help="print one train.py command per cell instead of training")
+                      help="print one train.py command per run instead of training")
   args, rest = parser.parse_known_args(argv)
   flag_args = [arg for arg in rest if arg.startswith("--config.")]
   try:  # the runtime's own flags, e.g. --coordinator_address for a multi-process sweep
@@ -324,12 +417,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   runtime.initialize()
   try:
     sweep = load_sweep(args.sweep)
-    cells = select(sweep, args.only)
+    if args.seeds is not None:
+      sweep = dataclasses.replace(sweep, seeds=parse_seeds(args.seeds))
     if args.print_commands:
-      cell_configs(cells, flag_args)  # print no command that train.py would refuse
-      for cell in cells:
-        print(train_command(cell, os.path.join(args.workdir, cell.name), flag_args))
+      planned = runs(select(sweep, args.only), sweep.seeds)
+      run_configs(planned, flag_args)  # print no command that train.py would refuse
+      for cell, seed in planned:
+        print(train_command(cell, seed, run_workdir(args.workdir, cell.name, seed),
+                            flag_args))
       return 0
+    if not jax.config.jax_compilation_cache_dir:
+      # The seeds of a cell compile the same programs: the later seeds load them.
+      jax.config.update("jax_compilation_cache_dir",
+                        os.path.join(args.workdir, COMPILATION_CACHE))
     failed = run_sweep(sweep, args.workdir, args.only, flag_args)
   except ValueError as error:
     parser.error(str(error))
@@ -337,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.warning("%s", preempted)
     return 1
   if failed:
-    log.error("%d cell(s) failed: %s (run the sweep again to retry them)", len(failed),
+    log.error("%d run(s) failed: %s (run the sweep again to retry them)", len(failed),
               ", ".join(failed))
     return 1
   return 0

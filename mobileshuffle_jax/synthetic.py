@@ -1,7 +1,7 @@
 """Random images and labels made on the devices: the train loop measured on its own.
 
-`data.name = "synthetic"` trains and evaluates on normally distributed images (the
-statistics of normalized pixels) of `data.image_size`, with uniformly random labels of
+`data.name = "synthetic"` trains and evaluates on uniformly random uint8 pixels, as the
+tf.data pipeline delivers them, of `data.image_size`, with uniformly random labels of
 `data.synthetic_num_classes` classes, as flax's ImageNet example does for its fake-data
 benchmark. Nothing is read from disk and TensorFlow is never imported. Training repeats
 one batch, made once on the devices, so a step costs the loop nothing beyond the step
@@ -46,8 +46,9 @@ def _batch_maker(mesh: Mesh, batch_size: int, image_size: int, num_classes: int)
   def make(key, first_position, examples):
     image_key, label_key = jax.random.split(key)
     position = first_position + jnp.arange(batch_size)
-    return {"images": jax.random.normal(
-                image_key, (batch_size, image_size, image_size, CHANNELS), jnp.float32),
+    return {"images": jax.random.randint(
+                image_key, (batch_size, image_size, image_size, CHANNELS), 0, 256, jnp.int32
+            ).astype(jnp.uint8),
             "labels": jax.random.randint(label_key, (batch_size,), 0, num_classes, jnp.int32),
             "mask": (position < examples).astype(jnp.float32)}
   return jax.jit(make, out_shardings=parallel.batch_sharded(mesh))

@@ -1,9 +1,15 @@
 """The train step: one definition, used by training and by the benchmark.
 
-`make_train_step` is forward, backward, the optimizer update, the BN statistics and EMA
-updates and the step's metrics, as one function of (state, batch, rng); `jit_train_step`
+`make_train_step` is the normalization of the batch's uint8 pixels, forward, backward, the
+optimizer update, the BN statistics and EMA updates and the step's metrics, as one function
+of (state, batch, rng); `jit_train_step`
 compiles it over a 'data' mesh with the state replicated and donated. Nothing here reads
 data, so importing it imports no TensorFlow.
+
+With a teacher (knowledge distillation, `distill.py`) the step is a function of (state,
+batch, rng, teacher_variables): the teacher's variables are an argument, replicated and
+not donated, so they are never trained and never part of the state that checkpoints
+save. Without one the step is exactly the one above.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mobileshuffle_jax import model_config, optim, parallel, timing
+from mobileshuffle_jax import model_config, optim, parallel, predict, preprocessing, timing
 
 
 @flax.struct.dataclass
@@ -66,15 +72,40 @@ def make_init_fn(model, tx, config):
   return init
 
 
-def make_train_step(model, tx, schedule, config):
-  def train_step(state: TrainState, batch, rng):
+def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float,
+                      temperature: float, label_smoothing: float = 0.0):
+  """Per-example alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+  + (1 - alpha) * cross-entropy against the labels, in float32.
+
+  T^2 keeps the soft term's gradient, T * (softmax(student / T) - softmax(teacher / T)),
+  on the scale of the hard term's as T grows (Hinton et al. 2015). The KL is the
+  cross-entropy against the teacher's probabilities less their entropy, which does not
+  depend on the student: the same gradient, and zero when the student matches.
+  """
+  student_logits = student_logits.astype(jnp.float32)
+  teacher_log_probs = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature)
+  student_log_probs = jax.nn.log_softmax(student_logits / temperature)
+  kl = jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), -1)
+  hard = cross_entropy(student_logits, labels, label_smoothing)
+  return alpha * temperature ** 2 * kl + (1 - alpha) * hard
+
+
+def make_train_step(model, tx, schedule, config, teacher: predict.Predictor | None = None):
+  """The step of (state, batch, rng); with a `teacher` (its model and recorded
+  preprocessing; `config.distill` gives alpha and T), of (state, batch, rng,
+  teacher_variables), trained on `distillation_loss`."""
+
+  def update(state: TrainState, batch, rng, per_example_loss):
     step_rng = jax.random.fold_in(rng, state.step)
+
+    # Batches cross to the devices as uint8 pixels, a quarter of float32's bytes.
+    images = preprocessing.normalize(batch["images"], config.data.normalization)
 
     def loss_fn(params):
       logits, updates = model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, batch["images"], train=True,
+          {"params": params, "batch_stats": state.batch_stats}, images, train=True,
           mutable=["batch_stats"], rngs={"dropout": step_rng})
-      loss = jnp.mean(cross_entropy(logits, batch["labels"], config.label_smoothing))
+      loss = jnp.mean(per_example_loss(logits))
       return loss, (logits, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -100,15 +131,36 @@ def make_train_step(model, tx, schedule, config):
         "finite": finite.astype(jnp.float32),
     }
     return new_state.replace(step=state.step + 1), metrics
-  return train_step
+
+  def train_step(state: TrainState, batch, rng):
+    return update(state, batch, rng, lambda logits: cross_entropy(
+        logits, batch["labels"], config.label_smoothing))
+
+  def distill_step(state: TrainState, batch, rng, teacher_variables):
+    # The teacher in inference mode, on the same uint8 pixels with its own normalization.
+    teacher_logits = jax.lax.stop_gradient(predict.preprocess_and_apply(
+        teacher.model, teacher_variables, batch["images"],
+        teacher.preprocessing["normalization"]))
+    new_state, metrics = update(state, batch, rng, lambda logits: distillation_loss(
+        logits, teacher_logits, batch["labels"], alpha=config.distill.alpha,
+        temperature=config.distill.temperature, label_smoothing=config.label_smoothing))
+    # A teacher fed the wrong pixels would teach noise: its accuracy shows it.
+    metrics["teacher_top1"] = jnp.mean(jnp.argmax(teacher_logits, -1) == batch["labels"])
+    return new_state, metrics
+
+  return train_step if teacher is None else distill_step
 
 
-def jit_train_step(model, tx, schedule, config, mesh):
-  """The train step over `mesh`: state replicated and donated, batch split on 'data'."""
+def jit_train_step(model, tx, schedule, config, mesh, teacher: predict.Predictor | None = None):
+  """The train step over `mesh`: state replicated and donated, batch split on 'data'; the
+  teacher's variables (with a `teacher`) replicated and not donated."""
   replicated = parallel.replicated(mesh)
-  return jax.jit(make_train_step(model, tx, schedule, config),
-                 in_shardings=(replicated, parallel.batch_sharded(mesh), replicated),
-                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+  in_shardings = (replicated, parallel.batch_sharded(mesh), replicated)
+  if teacher is not None:
+    in_shardings += (replicated,)
+  return jax.jit(make_train_step(model, tx, schedule, config, teacher),
+                 in_shardings=in_shardings, out_shardings=(replicated, replicated),
+                 donate_argnums=(0,))
 
 
 def lower_train_step(config, num_classes: int, mesh=None) -> jax.stages.Lowered:
@@ -123,7 +175,7 @@ def lower_train_step(config, num_classes: int, mesh=None) -> jax.stages.Lowered:
   abstract_state = jax.eval_shape(make_init_fn(model, tx, config), jax.random.key(0))
   size = config.data.image_size
   batch = {"images": jax.ShapeDtypeStruct((config.global_batch_size, size, size,
-                                           model.input_channels), jnp.float32),
+                                           model.input_channels), jnp.uint8),
            "labels": jax.ShapeDtypeStruct((config.global_batch_size,), jnp.int32)}
   return jit_train_step(model, tx, schedule, config, mesh).lower(
       abstract_state, batch, jax.random.key(0))

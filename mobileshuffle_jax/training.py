@@ -20,8 +20,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mobileshuffle_jax import (checkpointing, data, evaluation, model_config, models, optim,
-                               parallel, progress, workdir_lock)
+from mobileshuffle_jax import (allocator, checkpointing, data, distill, evaluation,
+                               model_config, models, optim, parallel, progress, workdir_lock)
 from mobileshuffle_jax.train_step import (TrainState, bare_step_images_per_second,
                                           bn_group_size, jit_train_step, make_init_fn)
 
@@ -54,6 +54,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   parallel.check_batch_size("global_batch_size", config.global_batch_size)
   require(config.eval_batch_size > 0, "eval_batch_size", "must be > 0")
   require(config.loop_efficiency_steps >= 0, "loop_efficiency_steps", "must be >= 0 (0: off)")
+  distill.check_config(config.distill)
 
 
 def train_duration(config, num_train_examples: int) -> tuple[int, float]:
@@ -70,9 +71,10 @@ def saved_state(state: TrainState) -> dict:
   return jax.device_get({"variables": state.variables_item(), "opt_state": state.opt_state})
 
 
-def checkpoint_meta(config, model, state: TrainState, data_info) -> dict:
+def checkpoint_meta(config, model, state: TrainState, data_info,
+                    teacher_record: dict | None = None) -> dict:
   host = saved_state(state)
-  return {
+  meta = {
       "step": int(state.step),
       "model": config.model,
       "model_options": {**dict(config.model_options), "num_classes": model.num_classes},
@@ -86,6 +88,9 @@ def checkpoint_meta(config, model, state: TrainState, data_info) -> dict:
       "class_names": list(data_info.class_names),
       "preprocessing": checkpointing.preprocessing_of(config.data),
   }
+  if teacher_record is not None:
+    meta["distill_teacher"] = teacher_record  # which teacher, never its tensors
+  return meta
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -124,6 +129,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   tx = optim.create_optimizer(config, schedule)
 
   mesh = parallel.create_mesh()
+  allocator.announce()
   replicated = parallel.replicated(mesh)
   init = make_init_fn(model, tx, config)
   rng = jax.random.key(config.seed)
@@ -133,10 +139,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                                         async_save=config.async_checkpointing)
   config_json = config.to_dict()
   start_step = store.latest_step()
+  teacher, teacher_record = None, None
+  if config.distill.teacher and (start_step or 0) < total_steps:  # refused before any work
+    teacher = distill.load_teacher(config.distill.teacher, data_info, config.data.image_size)
+    teacher_record = distill.teacher_record(config.distill.teacher, teacher)
+    log.info("Distilling from %s (step %d, %s, normalization %s) at %d px: alpha %g, "
+             "temperature %g.", config.distill.teacher, teacher.step, teacher.config.model,
+             teacher.preprocessing["normalization"], config.data.image_size,
+             config.distill.alpha, config.distill.temperature)
   if start_step is not None:
     meta = store.restore_meta(start_step)
     checkpointing.check_same_model(meta, config.model,
                                    checkpointing.param_shapes(abstract_state.params), workdir)
+    if teacher_record is not None:
+      distill.warn_if_other_teacher(meta, teacher_record, workdir)
     state = restore_train_state(store, start_step, abstract_state, replicated)
     verify_restored_state(state, meta, store.step_path(start_step))
     log.info("Resumed from %s at step %d.", store.directory, start_step)
@@ -161,7 +177,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   if is_chief:
     checkpointing.write_config_json(workdir, config_json)
 
-  train_step = jit_train_step(model, tx, schedule, config, mesh)
+  compiled_step = jit_train_step(model, tx, schedule, config, mesh, teacher)
+  if teacher is None:
+    train_step = compiled_step
+  else:
+    # An argument of every call, replicated once: compiled as an input, not a constant.
+    teacher_variables = jax.device_put(teacher.variables, replicated)
+
+    def train_step(state, batch, rng):
+      return compiled_step(state, batch, rng, teacher_variables)
   batches = data.train_batches(config.data, global_batch_size=config.global_batch_size,
                                start_step=start_step, mesh=mesh)
   writer = progress.MetricWriter(workdir, start_step, enabled=is_chief)
@@ -169,34 +193,49 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                                    start_step, enabled=is_chief)
   preemption = PreemptionWatch()
   step_rng = jax.random.fold_in(rng, 1)
-  pending_metrics = []
+  pending_metrics = []  # of the steps since the last summary
+  unlogged = None  # (step, its steps' metrics): a summary read once the next step is queued
   eval_metrics: dict = {}
   loop_start = None  # after the first step, which compiles
+
+  def log_summary(step, step_metrics):
+    summary = summarize(step_metrics, step)
+    writer.write(step, {f"train/{k}": v for k, v in summary.items()})
+    reporter.report(step, summary)
+    store.check_for_errors()  # a failed background save stops the run here
+
   try:
     for step in range(start_step + 1, total_steps + 1):
       state, metrics = train_step(state, next(batches), step_rng)
+      if unlogged is not None:
+        # Read one step late: the device has this step queued while the host waits for the
+        # metrics and writes them, so logging never leaves it idle.
+        log_summary(*unlogged)
+        unlogged = None
       pending_metrics.append(metrics)
       if loop_start is None:
         jax.block_until_ready(state)
         loop_start = time.perf_counter()
       preempted = preemption.reached(step)
       is_last = step == total_steps or preempted
+      eval_now = step % config.eval_every_steps == 0 or (is_last and not preempted)
+      save_now = step % config.checkpoint_every_steps == 0 or is_last or eval_now
       if step % config.log_every_steps == 0 or is_last:
-        summary = summarize(pending_metrics, step)
+        unlogged = (step, pending_metrics)
         pending_metrics = []
-        writer.write(step, {f"train/{k}": v for k, v in summary.items()})
-        reporter.report(step, summary)
-        store.check_for_errors()  # a failed background save stops the run here
+      if unlogged is not None and (is_last or save_now):
+        log_summary(*unlogged)  # never save state from steps whose loss was not checked
+        unlogged = None
       eval_metrics = {}
-      if step % config.eval_every_steps == 0 or (is_last and not preempted):
+      if eval_now:
         eval_metrics = evaluate_now()
         writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
         reporter.report_eval(step, eval_metrics)
-      if step % config.checkpoint_every_steps == 0 or is_last or eval_metrics:
+      if save_now:
         if pending_metrics:  # never save state from steps whose loss was not checked
           summarize(pending_metrics, step)
         store.save(step, variables=state.variables_item(), opt_state=state.opt_state,
-                   meta=checkpoint_meta(config, model, state, data_info),
+                   meta=checkpoint_meta(config, model, state, data_info, teacher_record),
                    config_json=config_json,
                    metrics={"top1": eval_metrics["top1"]} if eval_metrics else None)
       if preempted:

@@ -100,10 +100,12 @@ def copy_of(workdir, destination):
   return str(destination)
 
 
-# The tiny sweep of test_sweep.py and test_report.py: a 2x2 grid of tiny MobileNets.
-SWEEP_CELLS = ["alpha=0.25,res=32", "alpha=0.25,res=40", "alpha=0.5,res=32",
-               "alpha=0.5,res=40"]
+# The tiny sweep of test_sweep.py and test_report.py: a 2x2 grid of tiny MobileNets, one
+# seed; then a second seed for the pair of about equal mult-adds (0.5 at 32 px, 0.25 at 64).
+SWEEP_CELLS = ["alpha=0.25,res=32", "alpha=0.25,res=64", "alpha=0.5,res=32",
+               "alpha=0.5,res=64"]
 SWEEP_STEPS = 4
+SWEEP_SECOND_SEED_CELLS = [SWEEP_CELLS[1], SWEEP_CELLS[2]]
 
 SWEEP_DEFINITION = '''
 import ml_collections
@@ -118,7 +120,7 @@ def get_sweep():
       ("global_batch_size", 32), ("base_batch_size", 32), ("eval_batch_size", 128),
       ("schedule", "constant"), ("warmup_epochs", 0.0), ("log_every_steps", 2),
       ("eval_every_steps", {steps}), ("checkpoint_every_steps", {steps})]
-  sweep.axes = [("model_options.alpha", (0.25, 0.5)), ("data.image_size", (32, 40), "res")]
+  sweep.axes = [("model_options.alpha", (0.25, 0.5)), ("data.image_size", (32, 64), "res")]
   return sweep
 '''
 
@@ -134,10 +136,11 @@ def sweep_file(tmp_path_factory):
   return str(path)
 
 
-def _result_mtime(root, cell):
+def _result_mtime(root, cell, seed=0):
   from mobileshuffle_jax import sweep  # pylint: disable=g-import-not-at-top
 
-  return os.stat(os.path.join(root, cell, sweep.RESULT_FILE)).st_mtime_ns
+  return os.stat(os.path.join(sweep.run_workdir(root, cell, seed), sweep.RESULT_FILE)
+                 ).st_mtime_ns
 
 
 def _checkpoint_steps(workdir):
@@ -152,10 +155,11 @@ def _checkpoint_steps(workdir):
 
 @pytest.fixture(scope="session")
 def finished_root(sweep_file, tmp_path_factory):
-  """A sweep run in four sessions: one cell (--only); a run killed right after its first
-  cell's training returned, before the sweep recorded it; the rest; nothing left.
+  """A sweep run in five sessions: one cell (--only); a run killed right after its first
+  cell's training returned, before the sweep recorded it; the rest; nothing left; seeds
+  0 and 1 of two cells (--seeds 0,1 --only A --only B), of which seed 1 alone is new.
 
-  Returns the root and the cells that each later session trained.
+  Returns the root and the (cell, seed) runs that each later session trained.
   """
   from mobileshuffle_jax import sweep, training  # pylint: disable=g-import-not-at-top
 
@@ -163,18 +167,18 @@ def finished_root(sweep_file, tmp_path_factory):
   assert sweep.main([sweep_file, "--workdir", root, "--only", SWEEP_CELLS[0]]) == 0
   assert sorted(os.listdir(root)) == sorted([SWEEP_CELLS[0], sweep.SWEEP_FILE])
   first_result = _result_mtime(root, SWEEP_CELLS[0])
-  first_checkpoints = _checkpoint_steps(os.path.join(root, SWEEP_CELLS[0]))
+  first_checkpoints = _checkpoint_steps(sweep.run_workdir(root, SWEEP_CELLS[0], 0))
 
   real_train = training.train_and_evaluate
   sessions = []
 
   def killed_after_training(config, workdir):
-    sessions[-1].append(os.path.basename(workdir))
+    sessions[-1].append(sweep.parse_run_workdir(workdir)[1:])
     real_train(config, workdir)
     raise KeyboardInterrupt
 
   def counted(config, workdir):
-    sessions[-1].append(os.path.basename(workdir))
+    sessions[-1].append(sweep.parse_run_workdir(workdir)[1:])
     return real_train(config, workdir)
 
   with pytest.MonkeyPatch.context() as patch:
@@ -182,15 +186,18 @@ def finished_root(sweep_file, tmp_path_factory):
     sessions.append([])
     with pytest.raises(KeyboardInterrupt):
       sweep.main([sweep_file, "--workdir", root])
-    assert sweep.read_result(os.path.join(root, SWEEP_CELLS[1])) is None
-    killed_checkpoints = _checkpoint_steps(os.path.join(root, SWEEP_CELLS[1]))
+    assert sweep.read_result(sweep.run_workdir(root, SWEEP_CELLS[1], 0)) is None
+    killed_checkpoints = _checkpoint_steps(sweep.run_workdir(root, SWEEP_CELLS[1], 0))
     patch.setattr(training, "train_and_evaluate", counted)
     for _ in range(2):
       sessions.append([])
       assert sweep.main([sweep_file, "--workdir", root]) == 0
+    sessions.append([])
+    second_seed = [arg for cell in SWEEP_SECOND_SEED_CELLS for arg in ("--only", cell)]
+    assert sweep.main([sweep_file, "--workdir", root, "--seeds", "0,1", *second_seed]) == 0
   assert _result_mtime(root, SWEEP_CELLS[0]) == first_result
-  assert _checkpoint_steps(os.path.join(root, SWEEP_CELLS[0])) == first_checkpoints
-  assert _checkpoint_steps(os.path.join(root, SWEEP_CELLS[1])) == killed_checkpoints
+  assert _checkpoint_steps(sweep.run_workdir(root, SWEEP_CELLS[0], 0)) == first_checkpoints
+  assert _checkpoint_steps(sweep.run_workdir(root, SWEEP_CELLS[1], 0)) == killed_checkpoints
   return root, sessions
 
 

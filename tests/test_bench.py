@@ -1,11 +1,13 @@
 """The benchmark runs end to end at tiny settings and reports every field (no time asserted)."""
 
 import json
+import os
 
 import pytest
 
+from mobileshuffle_jax import allocator
 from mobileshuffle_jax.bench import __main__ as bench_cli
-from mobileshuffle_jax.bench import peers
+from mobileshuffle_jax.bench import peers, photos
 from mobileshuffle_jax.bench import results as bench_results
 from mobileshuffle_jax.bench.figures import FIGURES
 
@@ -24,8 +26,14 @@ def test_json_report_of_our_model(capsys):
   report = json.loads(capsys.readouterr().out)
   assert report["config"] == {"model": "mobilenet_v1", "options": {"alpha": 0.25},
                               "batch": 2, "resolution": 64, "repeats": 1,
-                              "dtype": "float32", "malloc": "hugepages", "rounds": 1}
+                              "dtype": "float32", "malloc": "default", "rounds": 1}
   assert report["machine"]["matmul_gflops"] > 0
+  cpu = report["machine"]["cpu"]
+  assert cpu["model_name"] and "sse4_2" in cpu["vector_extensions"]
+  # A plain environment: ours keeps freed memory for reuse by itself (Linux, glibc).
+  assert report["results"][0]["allocator"] == {
+      "mallopt": allocator.keep_freed_memory(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
+  assert report["results"][0]["allocator"]["mallopt"].startswith("freed memory kept")
   assert (report["machine"]["backend"], report["machine"]["matmul_dtype"]) == ("cpu", "float32")
   assert report["mult_adds_per_image"] > 0
   (result,) = report["results"]
@@ -41,6 +49,22 @@ def test_json_report_of_our_model(capsys):
   assert report["speedups"] == []
   assert set(report["litert"]["latency_ms_by_threads"]) == {"1", "2"}
   assert min(report["litert"]["latency_ms_by_threads"].values()) > 0
+
+
+def test_input_pipeline_variants_are_measured_in_one_process(data_dir):
+  """What `--input-pipeline digits --json` reports under 'input_pipeline' (in this process:
+  its worker would import TensorFlow again)."""
+  pipeline = photos.measure_input_pipeline({"data": "digits", "data_dir": str(data_dir),
+                                            "resolution": 32, "batch": 4, "batches": 2,
+                                            "rounds": 1})
+  assert set(pipeline["variants"]) == {"plain_tfdata", "default", "prepared", "prepared_echo2",
+                                       "eval_plain_tfdata", "eval_default", "eval_prepared"}
+  for name, variant in pipeline["variants"].items():
+    assert variant["path"] == ("eval" if name.startswith("eval_") else "train")
+    assert variant["images_per_s"] > 0 and variant["images_per_cpu_s"] > 0
+    assert variant["vs_plain_cpu"] > 0 and len(variant["by_round"]) == 1
+  assert pipeline["variants"]["plain_tfdata"]["vs_plain_wall"] == 1.0
+  assert (pipeline["train_batches"], pipeline["eval_batches"], pipeline["rounds"]) == (2, 2, 1)
 
 
 def test_peers_run_in_their_own_processes():
@@ -91,12 +115,24 @@ def test_table_shows_results_errors_ratios_and_the_input_pipeline():
                         "matmul_size": 4096, "matmul_gflops": 200.0},
             "mult_adds_per_image": 568_740_352, "results": results,
             "speedups": bench_results.speedups(results),
-            "input_pipeline": {"data": "digits", "images_per_s": 900.0,
-                               "images_per_cpu_s": 500.0}}
+            "input_pipeline": {
+                "data": "photos", "batch": 32, "train_batches": 80, "eval_batches": 31,
+                "rounds": 3, "reduced": photos.REDUCED, "echo_window": 64,
+                "variants": {name: {"path": path, "images_per_s": 900.0,
+                                    "images_per_cpu_s": 500.0 * (1 + (name != "default")),
+                                    "vs_plain_cpu": 1.5, "vs_plain_wall": 1.25}
+                             for name, (path, _) in photos.VARIANTS.items()}}}
   table = bench_results.format_report(report)
   assert "ours (fast)" in table and "error: exit status 1: ImportError: keras" in table
   assert "ours (fast) / pytorchcv mobilenet_w1: 2.00  1.00  1.00;  2.00  1.00" in table
-  assert "cores it needs to feed ours (fast) training: 0.02" in table
+  # Cores to feed ours: 10 training (50 inference) images/s over 500 or 1000 per CPU second.
+  header, default, eval_default = [
+      next(line for line in table.splitlines() if line.startswith(start))
+      for start in ("variant ", "default ", "eval_default ")]
+  assert header.endswith("cores to feed ours (fast)")
+  assert default.split()[1:] == ["900", "500", "1.50x", "/", "1.25x", "0.02"]
+  assert eval_default.split()[1:] == ["900", "1000", "1.50x", "/", "1.25x", "0.05"]
+  assert "shorter side 256 px, JPEG quality 90; echo window 64" in table
   assert "CPU ms/img" in table and "by CPU time" in table
   # On an accelerator the host's CPU time per image is not a figure of the model.
   report["machine"] = dict(report["machine"], backend="gpu", device="NVIDIA H200",

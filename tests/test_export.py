@@ -158,7 +158,7 @@ def test_export_refusals_write_nothing(converted, tmp_path, case):
     out.write_text("mine")
     message = "exists; choose a new --out"
   elif case == "batch_for_safetensors":
-    extra, message = ["--batch", "4"], "of a --format jax or tflite export only"
+    extra, message = ["--batch", "4"], "of a --format jax, tflite or onnx export only"
   else:
     out, message = tmp_path / "nowhere" / "model.safetensors", "does not exist"
   before = tree_listing(tmp_path)

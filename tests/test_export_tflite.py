@@ -150,7 +150,7 @@ def test_int8_and_dynamic_exports_keep_accuracy(trained, tmp_path, capsys):
     if quantize == "int8":
       extra += ["--calibration-data", "train[:200]", "--calibration-images", "200"]
     results[quantize] = export_and_check(workdir, out, *extra)
-  print({q: (r["top1_tflite"], r["top1_jax"], r["top1_agreement"], r["size_bytes"])
+  print({q: (r["top1_export"], r["top1_jax"], r["top1_agreement"], r["size_bytes"])
          for q, r in results.items()})
   float_result = results["none"]
   assert float_result["examples"] == 360  # the whole digits eval split, each once
@@ -161,7 +161,7 @@ def test_int8_and_dynamic_exports_keep_accuracy(trained, tmp_path, capsys):
     # Quantization loses at most 1 point of top-1. On 360 images it may as well gain one by
     # chance (a few images either way), so the bound is one-sided; agreement with the JAX
     # model bounds how far its predictions move at all.
-    assert float_result["top1_tflite"] - results[quantize]["top1_tflite"] <= 0.01
+    assert float_result["top1_export"] - results[quantize]["top1_export"] <= 0.01
     assert results[quantize]["top1_agreement"] >= 0.97
     assert results[quantize]["size_bytes"] < 0.4 * float_result["size_bytes"]
   assert tflite.op_names(open(tmp_path / "int8.tflite", "rb").read()).count("CONV_2D") == 14

@@ -2,7 +2,8 @@
 
 TensorFlow belongs to the tf.data input path and the TFLite export alone. A config, the
 package, its models, the train step, `load(...).predict` (from a safetensors export) and
-the safetensors and `jax.export` exports must work in a process that never imports it.
+the safetensors, `jax.export`, ONNX and ncnn exports must work in a process that never
+imports it.
 """
 
 import ast
@@ -41,14 +42,16 @@ predictor = mobileshuffle_jax.load(path)
 assert predictor.predict(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 3)
 export.write_safetensors(predictor, path.replace("model.", "again."))
 export.write_jax(predictor, path.replace(".safetensors", ".jax"), platforms=("cpu",))
+export.export_checkpoint(path, path.replace(".safetensors", ".onnx"), file_format="onnx")
+export.export_checkpoint(path, path.replace(".safetensors", ".param"), file_format="ncnn")
 
 tx = optax.sgd(0.1)
 state = train_step.TrainState(step=np.int32(0), params=variables["params"],
                               batch_stats=variables["batch_stats"],
                               opt_state=tx.init(variables["params"]), ema_params=None)
 step = train_step.make_train_step(model, tx, lambda step: 0.1, ml_collections.ConfigDict(
-    {"label_smoothing": 0.0, "ema_decay": 0.0}))
-batch = {"images": np.zeros((2, 32, 32, 3), np.float32), "labels": np.zeros(2, np.int32)}
+    {"label_smoothing": 0.0, "ema_decay": 0.0, "data": {"normalization": "imagenet"}}))
+batch = {"images": np.zeros((2, 32, 32, 3), np.uint8), "labels": np.zeros(2, np.int32)}
 state, metrics = jax.jit(step)(state, batch, jax.random.key(0))
 assert int(state.step) == 1 and float(metrics["finite"]) == 1.0
 loaded = sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow")

@@ -2,6 +2,7 @@
 
 import collections
 import hashlib
+import io
 import logging
 import re
 
@@ -13,7 +14,8 @@ from PIL import Image
 from sklearn import datasets as sklearn_datasets
 
 from mobileshuffle_jax import data_defaults, input_pipeline
-from mobileshuffle_jax.datasets import digits, image_folder
+from mobileshuffle_jax.datasets import digits, image_folder, reduced
+from mobileshuffle_jax.preprocessing import NORMALIZATIONS, normalize
 
 NUM_DIGITS = 1797
 
@@ -66,40 +68,46 @@ def test_digits_prepares_a_stratified_80_20_split(data_dir):
   assert np.all(np.abs(per_class - digits.VALIDATION_FRACTION * totals) <= 1)
 
 
-@pytest.mark.parametrize("normalization", sorted(input_pipeline.NORMALIZATIONS))
-def test_batch_shapes_dtypes_and_value_ranges(data_dir, normalization):
-  config = digits_config(data_dir, normalization=normalization, image_size=24)
-  mean, std = (np.asarray(v, np.float32) for v in input_pipeline.NORMALIZATIONS[normalization])
-  low, high = (0 - mean) / std, (255 - mean) / std
-  train = next(input_pipeline.train_batches(config, global_batch_size=16))
-  evaluation = next(input_pipeline.eval_batches(config, global_batch_size=16))
-  for batch in (train, evaluation):
-    assert batch["images"].shape == (16, 24, 24, 3) and batch["images"].dtype == np.float32
-    assert batch["labels"].shape == (16,) and batch["labels"].dtype == np.int32
-    assert np.all((0 <= batch["labels"]) & (batch["labels"] < 10))
-    assert np.all(batch["images"] >= low - 1e-4) and np.all(batch["images"] <= high + 1e-4)
-    assert np.ptp(batch["images"]) > 0.5 * np.min(high - low)  # dark strokes on light
-  assert evaluation["mask"].dtype == np.float32 and np.all(evaluation["mask"] == 1)
+def test_batches_are_uint8_pixels_whatever_the_normalization(data_dir):
+  """Normalization runs in the jitted steps: the host ships the same uint8 pixels for all."""
+  batches = {}
+  for normalization in sorted(NORMALIZATIONS):
+    config = digits_config(data_dir, normalization=normalization, image_size=24)
+    train = next(input_pipeline.train_batches(config, global_batch_size=16))
+    evaluation = next(input_pipeline.eval_batches(config, global_batch_size=16))
+    for batch in (train, evaluation):
+      assert batch["images"].shape == (16, 24, 24, 3) and batch["images"].dtype == np.uint8
+      assert batch["labels"].shape == (16,) and batch["labels"].dtype == np.int32
+      assert np.all((0 <= batch["labels"]) & (batch["labels"] < 10))
+      assert np.ptp(batch["images"]) > 128  # dark strokes on light
+    assert evaluation["mask"].dtype == np.float32 and np.all(evaluation["mask"] == 1)
+    batches[normalization] = (train["images"], evaluation["images"])
+  first = batches.pop("imagenet")
+  for images in batches.values():
+    np.testing.assert_array_equal(images[0], first[0])
+    np.testing.assert_array_equal(images[1], first[1])
 
 
 def test_normalize_matches_on_numpy_and_jax():
   pixels = np.arange(0, 256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
-  np.testing.assert_allclose(input_pipeline.normalize(pixels, "minus_one_one")[0, 0, 0], -1.0)
-  np.testing.assert_allclose(input_pipeline.normalize(pixels, "zero_one").max(), 1.0)
-  imagenet = input_pipeline.normalize(pixels, "imagenet")
+  np.testing.assert_allclose(normalize(pixels, "minus_one_one")[0, 0, 0], -1.0)
+  np.testing.assert_allclose(normalize(pixels, "zero_one").max(), 1.0)
+  imagenet = normalize(pixels, "imagenet")
   assert imagenet.dtype == np.float32
-  np.testing.assert_allclose(input_pipeline.normalize(jnp.asarray(pixels), "imagenet"),
-                             imagenet, rtol=1e-6)
+  np.testing.assert_allclose(normalize(jnp.asarray(pixels), "imagenet"), imagenet, rtol=1e-6)
   np.testing.assert_allclose(imagenet[0, 0, 0], [-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225],
                              rtol=1e-5)
   with pytest.raises(ValueError, match="normalization"):
-    input_pipeline.normalize(pixels, "bogus")
+    normalize(pixels, "bogus")
 
 
-def test_batches_are_a_function_of_seed_and_step_and_resume_exactly(data_dir):
-  # 300 examples in batches of 32: the first epoch ends inside step 9.
+# Echo 2 in windows of 80 records (160 images, 5 batches): steps 8 and 10 start inside and
+# at the start of a window.
+@pytest.mark.parametrize("echo", [{}, {"echo": 2, "echo_window": 80}], ids=["echo1", "echo2"])
+def test_batches_are_a_function_of_seed_and_step_and_resume_exactly(data_dir, echo):
+  # 300 examples in batches of 32: the first epoch ends inside step 9 (without echo).
   config = digits_config(data_dir, train_split="train[:300]", train_crop_area_range=(0.3, 1.0),
-                         train_flip=True)
+                         train_flip=True, **echo)
   straight = take(input_pipeline.train_batches(config, global_batch_size=32), 12)
   again = take(input_pipeline.train_batches(config, global_batch_size=32), 12)
   for start in (8, 10):
@@ -116,6 +124,54 @@ def test_batches_are_a_function_of_seed_and_step_and_resume_exactly(data_dir):
   # Each epoch is a new order: positions 20..83 of the second epoch differ from the first's.
   labels = np.concatenate([batch["labels"] for batch in straight])
   assert not np.array_equal(labels[20:84], labels[320:384])
+  assert len(set(map(fingerprint, np.concatenate([b["images"] for b in straight])))) == 384
+
+
+def echoed_positions(images):
+  """{fingerprint: the positions that hold it} of unaugmented images."""
+  positions = collections.defaultdict(list)
+  for position, image in enumerate(images):
+    positions[fingerprint(image)].append(position)
+  return positions
+
+
+def test_echo_crops_each_decoded_image_k_times_apart_and_hosts_stay_disjoint(data_dir):
+  # 2 hosts x 60 records, each one window: 120 images per host, batches of 4. Crops of at
+  # most 3/4 of the image: never the whole image, which two copies could share.
+  config = digits_config(data_dir, train_split="train[:120]", echo=2, echo_window=60,
+                         train_crop_area_range=(0.25, 0.75))
+  everything = collections.Counter(
+      fingerprint(image)
+      for batch in input_pipeline.eval_batches(unaugmented(digits_config(
+          data_dir, eval_split="train[:120]")), global_batch_size=120)
+      for image in batch["images"])
+
+  def host_images(config, process_index):
+    batches = input_pipeline.train_batches(config, global_batch_size=8,
+                                           process_index=process_index, process_count=2)
+    return np.concatenate([batch["images"] for batch in take(batches, 30)])
+
+  seen = []
+  for process_index in (0, 1):
+    # Unaugmented, the copies of a record are equal: the window holds each record twice.
+    plain = echoed_positions(host_images(unaugmented(config.copy_and_resolve_references()),
+                                         process_index))
+    assert sorted(map(len, plain.values())) == [2] * 60
+    seen.append(collections.Counter({key: len(value) // 2 for key, value in plain.items()}))
+    # Copies land in different batches of 4, bar a few (chance: 3 in 119 for each pair).
+    same_batch = sum(a // 4 == b // 4 for a, b in plain.values())
+    assert same_batch <= 6
+    assert np.median([abs(a - b) for a, b in plain.values()]) > 20
+    # Augmentation does not move the records (the window's order is seeded alone), and
+    # gives each copy its own crop and flip.
+    augmented = host_images(config, process_index)
+    assert all(not np.array_equal(augmented[a], augmented[b]) for a, b in plain.values())
+  assert not set(seen[0]) & set(seen[1])
+  assert seen[0] + seen[1] == everything
+  # Batches are rows of a shuffled window: windows hold whole batches.
+  with pytest.raises(ValueError, match="echo_window=60 x data.echo=2 must be a multiple of "
+                                       "the batch of each input shard, 16"):
+    input_pipeline.train_batches(config, global_batch_size=16)
 
 
 def test_cache_does_not_change_the_batches(data_dir):
@@ -246,6 +302,66 @@ def test_image_folder_reencodes_odd_files_and_skips_corrupt_ones(tmp_path, caplo
     matched.append(path)
   assert sorted(matched) == sorted(expected)
   assert train[1]["images"].shape == (5, 24, 24, 3)
+
+
+def stored_images(builder, split):
+  """[(label, (width, height) as PIL reads them, encoded bytes)] of a builder's split."""
+  images = []
+  for example in builder.as_dataset(split=split, decoders={
+      "image": tfds.decode.SkipDecoding()}).as_numpy_iterator():
+    with Image.open(io.BytesIO(example["image"])) as image:
+      images.append((int(example["label"]), image.size, example["image"]))
+  return images
+
+
+def image_sizes(builder, split):
+  return collections.Counter((label, *size) for label, size, _ in stored_images(builder, split))
+
+
+def test_reduced_copy_bounds_shorter_sides_and_refuses_other_settings(tmp_path, caplog):
+  root, data_dir = tmp_path / "images", tmp_path / "tfds"
+  write_image_folder(root)
+  config = folder_config(root, data_dir, reduced_shorter_side=40, reduced_quality=85)
+  info = input_pipeline.prepare(config)
+  source = image_folder.builder_for_root(str(root), str(data_dir))
+  copy = reduced.builder_for_source(source, "image", "label", 40, 85)
+  assert dict(copy.info.metadata.items())[reduced.SETTINGS_KEY] == {"shorter_side": 40,
+                                                                    "quality": 85}
+  for split in ("train", "validation"):
+    # A shorter side above 40 becomes 40, the longer one in proportion; the rest is kept.
+    expected = collections.Counter()
+    for (label, width, height), count in image_sizes(source, split).items():
+      scale = min(1.0, 40 / min(width, height))
+      expected[(label, round(width * scale), round(height * scale))] += count
+    assert image_sizes(copy, split) == expected
+    kept = {data for _, size, data in stored_images(source, split) if min(size) <= 40}
+    assert len(kept) == {"train": 4, "validation": 0}[split]
+    assert kept <= {data for _, _, data in stored_images(copy, split)}  # byte for byte
+  assert ((0, 53, 40) in image_sizes(copy, "validation")
+          and (1, 40, 60) in image_sizes(copy, "train"))  # 64 x 48 and 51 x 77 before
+  # The pipeline reads the copy: the solid colours survive at quality 85.
+  (evaluation,) = input_pipeline.eval_batches(config, global_batch_size=2)
+  for image, label in zip(evaluation["images"], evaluation["labels"]):
+    path = ("validation/cat/a.JPEG", "validation/dog/b.JPEG")[label]
+    np.testing.assert_allclose(image.reshape(-1, 3).mean(0), FOLDER_FILES[path][1], atol=6)
+
+  config.reduced_quality = 90
+  for make_or_read in (input_pipeline.prepare,
+                       lambda c: input_pipeline.train_batches(c, global_batch_size=2)):
+    with pytest.raises(input_pipeline.DataError) as refused:
+      make_or_read(config)
+    assert ("made with shorter side 40 px and JPEG quality 85" in str(refused.value)
+            and "asks for data.reduced_shorter_side=40 and data.reduced_quality=90"
+            in str(refused.value))
+
+  # The folder changes: its tfds copy is made again, and so is the reduced one.
+  config.reduced_quality = 85
+  write_jpeg(root / "validation/dog/new.jpg")
+  with caplog.at_level(logging.WARNING):
+    assert input_pipeline.prepare(config).num_eval_examples == info.num_eval_examples + 1
+  assert any("changed since its reduced copy" in message for message in caplog.messages)
+  (evaluation,) = input_pipeline.eval_batches(config, global_batch_size=4)
+  assert evaluation["mask"].tolist() == [1, 1, 1, 0]
 
 
 def test_each_image_folder_root_gets_its_own_prepared_copy(tmp_path):
@@ -421,6 +537,20 @@ def test_unknown_or_unprepared_datasets_are_clear_errors(tmp_path):
     input_pipeline.train_batches(digits_config(tmp_path / "tfds"), global_batch_size=8)
 
 
-def test_measure_train_throughput(data_dir):
-  result = input_pipeline.measure_train_throughput(digits_config(data_dir), 64, 3)
-  assert result.images_per_second > 0 and result.images_per_cpu_second > 0
+def test_measure_train_and_eval_throughput(data_dir):
+  config = digits_config(data_dir)
+  for measure in (input_pipeline.measure_train_throughput,
+                  input_pipeline.measure_eval_throughput):
+    result = measure(config, 64, 3)
+    assert result.images_per_second > 0 and result.images_per_cpu_second > 0
+  # 360 validation images: 5 full batches of 64, and the first one warms up.
+  with pytest.raises(ValueError, match="holds 5 full batches of 64; timing 5 needs 6"):
+    input_pipeline.measure_eval_throughput(config, 64, 5)
+
+
+@pytest.mark.parametrize("field,value", [("reduced_shorter_side", -1), ("reduced_quality", 0),
+                                         ("reduced_quality", 101), ("echo", 0),
+                                         ("echo_window", 0)])
+def test_reduced_copy_and_echo_settings_are_checked(data_dir, field, value):
+  with pytest.raises(ValueError, match=f"data.{field}={value} must be"):
+    input_pipeline.prepare(digits_config(data_dir, **{field: value}))

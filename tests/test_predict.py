@@ -13,7 +13,7 @@ import pytest
 
 import mobileshuffle_jax
 from configs import default
-from mobileshuffle_jax import checkpointing, evaluation
+from mobileshuffle_jax import checkpointing, evaluation, input_pipeline
 from tests.conftest import CONVERTED_RESOLUTION as RESOLUTION
 from tests.conftest import random_images, torch_logits
 
@@ -67,6 +67,19 @@ def test_converted_directory_evaluates_on_digits(converted, predictor, tmp_path)
   assert result["num_examples"] == 360 and result["step"] == 0
   assert result["params_sha256_verified"]
   assert result["params_sha256"] == predictor.params_sha256
+  # The uint8 batches, normalized inside the jitted evaluation step, score exactly what
+  # `predict` makes of the same pixels.
+  logits, labels = [], []
+  for batch in input_pipeline.eval_batches(data, global_batch_size=120):
+    real = batch["mask"] > 0
+    logits.append(np.asarray(predictor.predict(batch["images"][real]), np.float64))
+    labels.append(batch["labels"][real])
+  logits, labels = np.concatenate(logits), np.concatenate(labels)
+  assert result["top1"] == np.mean(np.argmax(logits, -1) == labels)
+  log_probabilities = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)),
+                                             -1, keepdims=True)) - logits.max(-1, keepdims=True)
+  np.testing.assert_allclose(result["loss"], -np.mean(log_probabilities[np.arange(360), labels]),
+                             rtol=1e-4)
 
 
 def test_predict_refuses_non_finite_and_complex_images(predictor, images):

@@ -21,7 +21,7 @@ def test_bfloat16_compute_keeps_parameters_statistics_optimizer_state_and_loss_f
   tx = optim.create_optimizer(config, schedule)
   state = jax.jit(train_step.make_init_fn(model, tx, config))(jax.random.key(0))
   rng = np.random.default_rng(0)
-  batch = {"images": rng.standard_normal((4, 32, 32, 3)).astype(np.float32),
+  batch = {"images": rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
            "labels": np.arange(4, dtype=np.int32) % 5}
   step = jax.jit(train_step.make_train_step(model, tx, schedule, config))
   for _ in range(2):

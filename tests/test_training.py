@@ -1,5 +1,6 @@
 """Training and evaluation end to end on real tfds data, orbax checkpoints on disk."""
 
+import functools
 import json
 import os
 import re
@@ -18,20 +19,25 @@ from mobileshuffle_jax import checkpointing, evaluation, train_step, training
 from tests.conftest import REPO, SUBPROCESS_ENV, copy_of
 
 
-def test_train_then_resume_matches_uninterrupted_run(tmp_path, tiny_config):
+# Also with data echoing, evaluated on a few images to keep it cheap.
+@pytest.mark.parametrize("overrides", [
+    {}, {"data.echo": 2, "data.echo_window": 64, "data.eval_split": "validation[:64]"}],
+    ids=["echo1", "echo2"])
+def test_train_then_resume_matches_uninterrupted_run(tmp_path, tiny_config, overrides):
+  run_config = functools.partial(tiny_config, **overrides)
   interrupted = str(tmp_path / "interrupted")
-  training.train_and_evaluate(tiny_config(num_train_steps=3), interrupted)
+  training.train_and_evaluate(run_config(num_train_steps=3), interrupted)
   store = checkpointing.CheckpointStore(interrupted, read_only=True)
   assert store.all_steps() == [3]
   store.close()
   # A restart with the full length resumes at step 3, not from scratch.
-  resumed = training.train_and_evaluate(tiny_config(), interrupted)
+  resumed = training.train_and_evaluate(run_config(), interrupted)
   with open(os.path.join(interrupted, "metrics.jsonl")) as f:
     logged_steps = [json.loads(line)["step"] for line in f]
   assert logged_steps.count(2) == 1 and 4 in logged_steps and 6 in logged_steps
 
   uninterrupted = str(tmp_path / "uninterrupted")
-  straight = training.train_and_evaluate(tiny_config(), uninterrupted)
+  straight = training.train_and_evaluate(run_config(), uninterrupted)
   a = evaluation.evaluate_checkpoint(interrupted)
   b = evaluation.evaluate_checkpoint(uninterrupted)
   assert a["step"] == b["step"] == 6

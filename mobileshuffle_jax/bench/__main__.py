@@ -34,20 +34,29 @@ one model. On CPU the peers run in float32 (PyTorch NCHW, Keras NHWC) with each
 framework's default threading. On a GPU, pytorchcv runs channels_last, with bfloat16
 autocast under `--dtype bfloat16`, both eager and through `torch.compile`.
 
-Allocator: on Linux, `--malloc hugepages` (the default) starts every measured process,
-ours and peers alike, with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, so that glibc backs
-large allocations with transparent huge pages. XLA:CPU allocates an execution's buffers
-anew each time (over a GiB for a MobileNet training step at batch 16); with 4 KiB pages
-they fault in again on every step, which costs such a step about a fifth of its CPU time.
-`--malloc system` measures glibc's defaults. The same variable speeds up training runs.
+Allocator: XLA:CPU allocates an execution's buffers anew each time (over a GiB for a
+MobileNet training step at batch 16); with glibc's defaults they fault in again, 4 KiB at a
+time, on every step. Importing our package sets glibc's malloc to keep freed memory for
+reuse (`mobileshuffle_jax.allocator`), so `--malloc default` (a plain environment for every
+process) measures what a user gets: ours with that setting, the peers with glibc's
+defaults. `--malloc system` holds ours to glibc's defaults too; `--malloc hugepages` starts
+every process with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge pages). The
+report names the CPU (model, family, vector extensions) and each side's allocator state.
 
 `--tflite` also times batch-1 latency of our model exported to TFLite (float32, built-in
 ops, `mobileshuffle_jax.export.tflite`) in the LiteRT interpreter with XNNPACK, 1 and 2
 threads: what a phone runtime makes of it on this CPU.
 
-`--input-pipeline [DATASET]` also times `input_pipeline.measure_train_throughput`: the
-training preprocessing (JPEG decode fused with the random crop, flip, resize) at
-`--resolution`, and reports how many cores it needs to feed our training step. The default,
+`--input-pipeline [DATASET]` also times the input pipeline at `--resolution` in one process,
+each variant of `photos.VARIANTS` in turn `--rounds` times (medians): the training path
+(`input_pipeline.measure_train_throughput`) as configured by default, from the reduced copy
+of the data set, and from the reduced copy with data echoing 2; the evaluation path
+(`measure_eval_throughput`) by default and from the reduced copy; and plain tf.data doing
+the work of the project's former default for each path (float32 normalised batches, no
+determinism). It reports images/s, images per CPU second (process CPU time, all threads:
+steadier than wall time on a shared machine), the ratios to plain tf.data within each
+round, and how many cores each variant needs to feed our model's training step (training
+path) or inference (evaluation path) as measured in the same run. The default data,
 `photos`, is an image folder of ImageNet-sized JPEGs (500 px on the longer side, quality
 90, 4:2:0 chroma as cameras write them) cut from the two photographs scikit-learn ships,
 built in a temporary directory; any other name is a data set of `input_pipeline` (e.g.
@@ -62,7 +71,8 @@ import os
 import platform
 import sys
 
-from mobileshuffle_jax.bench import litert, ours, peers, photos, results
+from mobileshuffle_jax import allocator
+from mobileshuffle_jax.bench import cpu_info, litert, ours, peers, photos, results
 
 MODELS = ("mobilenet_v1", "shufflenet_v1")
 # Each a function of a spec, run by `--worker` in the process `results.run_in_subprocess`
@@ -94,15 +104,20 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--peers", action="store_true",
                       help="also measure pytorchcv and (MobileNet) Keras on TensorFlow")
   parser.add_argument("--matmul-size", type=int, default=4096)
-  parser.add_argument("--malloc", choices=tuple(results.MALLOC_ENV), default="hugepages")
+  parser.add_argument("--malloc", choices=tuple(results.MALLOC_ENV), default="default",
+                      help="'default': a plain environment for every process (ours then "
+                           "keeps freed memory for reuse, see mobileshuffle_jax.allocator); "
+                           "'system': glibc's defaults for ours too; 'hugepages': "
+                           "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 for every process")
   parser.add_argument("--input-pipeline", nargs="?", const="photos", metavar="DATASET",
-                      help="also time the training input pipeline on DATASET (default "
+                      help="also time the input pipeline's variants on DATASET (default "
                            "photos: ImageNet-sized JPEGs made locally)")
   parser.add_argument("--data-dir", help="tfds data_dir for --input-pipeline")
   parser.add_argument("--tflite", action="store_true",
                       help="also time batch-1 latency of our model exported to TFLite, in "
                            "LiteRT (XNNPACK) with 1 and 2 threads")
-  parser.add_argument("--input-batches", type=int, default=20)
+  parser.add_argument("--input-batches", type=int, default=80,
+                      help="timed training batches of each input-pipeline variant")
   parser.add_argument("--json", action="store_true", help="print one JSON object")
   parser.add_argument("--worker", help=argparse.SUPPRESS)  # a spec, from run_in_subprocess
   return parser
@@ -113,7 +128,10 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.worker:
     spec = json.loads(args.worker)
-    print(json.dumps(MEASURE[spec["framework"]](spec)))
+    result = MEASURE[spec["framework"]](spec)
+    result["allocator"] = {"mallopt": allocator.keep_freed_memory(),
+                           "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
+    print(json.dumps(result))
     return 0
 
   # Counting builds no arrays: this process never initializes a device, so the measuring
@@ -160,6 +178,7 @@ def main(argv=None) -> int:
   report = {"config": dict(common, dtype=args.dtype, malloc=args.malloc, rounds=args.rounds),
             "machine": {"backend": matmul["backend"], "device": matmul["device"],
                         "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                        "cpu": cpu_info.describe(),
                         "matmul_size": args.matmul_size, "matmul_dtype": args.dtype,
                         "matmul_gflops": matmul["gflops"],
                         "memory_gb_per_s": matmul["memory_gb_per_s"]},
@@ -169,7 +188,7 @@ def main(argv=None) -> int:
     report["input_pipeline"] = results.run_in_subprocess(
         {"framework": "input_pipeline", "data": args.input_pipeline,
          "data_dir": args.data_dir, "resolution": args.resolution, "batch": args.batch,
-         "batches": args.input_batches}, args.malloc)
+         "batches": args.input_batches, "rounds": args.rounds}, args.malloc)
   if args.tflite:
     report["litert"] = results.run_in_subprocess(
         {"framework": "litert", "model": args.model, "options": options,

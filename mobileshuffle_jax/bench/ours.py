@@ -18,16 +18,17 @@ def measure_jax(spec: dict) -> dict:
   import numpy as np
   import optax
 
-  from mobileshuffle_jax import models, train_step
+  from mobileshuffle_jax import models, preprocessing, train_step
 
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[spec["dtype"]]
   model = models.build(spec["model"], lowering=spec["lowering"], dtype=dtype,
                        **spec["options"])
   batch, resolution, repeats = spec["batch"], spec["resolution"], spec["repeats"]
   rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.standard_normal((batch, resolution, resolution, 3)), jnp.float32)
+  pixels = jnp.asarray(rng.integers(0, 256, (batch, resolution, resolution, 3)), jnp.uint8)
+  images = preprocessing.normalize(pixels, "imagenet")
   labels = jnp.asarray(rng.integers(0, model.num_classes, batch), jnp.int32)
-  examples = {"images": images, "labels": labels}
+  examples = {"images": pixels, "labels": labels}  # as the input pipeline delivers them
   variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images[:1])
   learning_rate = 0.01
   optimizer = optax.sgd(learning_rate, momentum=0.9)
@@ -37,7 +38,8 @@ def measure_jax(spec: dict) -> dict:
       ema_params=None)
   step_fn = train_step.make_train_step(
       model, optimizer, optax.constant_schedule(learning_rate),
-      ml_collections.ConfigDict({"label_smoothing": 0.0, "ema_decay": 0.0}))
+      ml_collections.ConfigDict({"label_smoothing": 0.0, "ema_decay": 0.0,
+                                 "data": {"normalization": "imagenet"}}))
   step_rng = jax.random.key(1)
 
   def infer(variables, images):

@@ -9,16 +9,26 @@ import statistics
 import subprocess
 import sys
 
+from mobileshuffle_jax import allocator
 from mobileshuffle_jax.bench.figures import FIGURES
 
-MALLOC_ENV = {"hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "system": {}}
+# What every measuring process starts with. 'default' is a plain environment: ours then
+# keeps freed memory for reuse, as importing the package does for any user (`allocator`),
+# and the peers keep glibc's defaults. 'system' holds ours to glibc's defaults too;
+# 'hugepages' backs everyone's large allocations with transparent huge pages.
+MALLOC_ENV = {"default": {}, "system": {allocator.ENV_VAR: "system"},
+              "hugepages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
+PEER_FRAMEWORKS = ("pytorch", "keras")
 
 
-def run_in_subprocess(spec: dict, malloc: str = "hugepages",
+def run_in_subprocess(spec: dict, malloc: str = "default",
                       timeout_s: float | None = None) -> dict:
   """`__main__.MEASURE[spec['framework']](spec)` in a fresh Python process (the bench's
   `--worker`); its result (or error)."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **MALLOC_ENV[malloc])
+  if spec["framework"] in PEER_FRAMEWORKS:
+    # The worker imports our package, whose allocator setting is ours, not the peers'.
+    env[allocator.ENV_VAR] = "system"
   if spec["framework"] == "keras":
     env["KERAS_BACKEND"] = "tensorflow"
   command = [sys.executable, "-m", "mobileshuffle_jax.bench", "--worker", json.dumps(spec)]
@@ -128,8 +138,10 @@ def format_report(report: dict) -> str:
   lines = [f"{config['model']} {config['options']} at {config['resolution']} px, batch "
            f"{config['batch']}, {config['dtype']}; {machine['backend']} "
            f"({machine['device']}, {machine['cpu_count']} CPUs); median of "
-           f"{config['repeats']} repeats, {config['rounds']} round(s); malloc "
-           f"{config['malloc']}",
+           f"{config['repeats']} repeats, {config['rounds']} round(s)",
+           f"CPU: {_cpu_line(machine.get('cpu', {}))}",
+           f"malloc ({config['malloc']}): ours {_allocator_of(report, 'jax')}; peers "
+           f"{_allocator_of(report, *PEER_FRAMEWORKS)}",
            f"{report['mult_adds_per_image'] / 1e6:.1f} M mult-adds per image; "
            f"{machine.get('matmul_dtype', 'float32')} {machine['matmul_size']}^2 matmul: "
            f"{machine['matmul_gflops']:.0f} GFLOP/s"]
@@ -149,10 +161,7 @@ def format_report(report: dict) -> str:
                  f"{r['compile_train_s']:.1f} / {r['compile_infer_s']:.1f}", _memory_mib(r),
                  f"{r['infer_gflops']:.0f} ({100 * r['infer_fraction_of_matmul']:.0f}%)",
                  f"{r['train_gflops']:.0f} ({100 * r['train_fraction_of_matmul']:.0f}%)"))
-  widths = [max(len(row[i]) for row in rows + [header] if i < len(row))
-            for i in range(len(header))]
-  lines += ["", "  ".join(h.ljust(w) for h, w in zip(header, widths))]
-  lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+  lines += ["", *_table(header, rows)]
   if report["speedups"]:
     lines += ["", "ours / peer (above 1: ours faster): train, infer, batch-1 latency"
                   + ("; by CPU time: train, infer" if on_cpu else "")]
@@ -183,10 +192,55 @@ def format_report(report: dict) -> str:
   if pipeline and "error" in pipeline:
     lines += ["", f"input pipeline: error: {pipeline['error'].strip().splitlines()[-1]}"]
   elif pipeline:
-    lines += ["", f"input pipeline ({pipeline['data']}, {config['resolution']} px): "
-                  f"{pipeline['images_per_s']:.0f} images/s, "
-                  f"{pipeline['images_per_cpu_s']:.0f} images per CPU second"]
-    lines += [f"  cores it needs to feed {_label(r)} training: "
-              f"{r['train_images_per_s'] / pipeline['images_per_cpu_s']:.2f}"
-              for r in report["results"] if r["framework"] == "jax" and "error" not in r]
+    lines += ["", *_input_pipeline_lines(pipeline, config["resolution"], report["results"])]
   return "\n".join(lines)
+
+
+def _cpu_line(cpu: dict) -> str:
+  if not cpu:
+    return "unknown"
+  return (f"{cpu['model_name']} (vendor {cpu['vendor']}, family {cpu['family']}, model "
+          f"{cpu['model']}); vector extensions: {' '.join(cpu['vector_extensions']) or 'none'}")
+
+
+def _allocator_of(report: dict, *frameworks: str) -> str:
+  """The allocator settings the measuring processes of `frameworks` reported."""
+  seen = sorted({json.dumps(r["allocator"], sort_keys=True) for r in report["results"]
+                 if r["framework"] in frameworks and "allocator" in r})
+  if not seen:
+    return "not measured"
+  return " | ".join(
+      f"{state['mallopt']}" + (f", GLIBC_TUNABLES={state['glibc_tunables']}"
+                               if state["glibc_tunables"] else "")
+      for state in map(json.loads, seen))
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+  """Left-aligned columns; a row may stop short of the header (an error message)."""
+  widths = [max(len(row[i]) for row in rows + [header] if i < len(row))
+            for i in range(len(header))]
+  return ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [header, *rows]]
+
+
+def _input_pipeline_lines(pipeline: dict, resolution: int, results: list[dict]) -> list[str]:
+  """Each variant's images/s, images per CPU second, ratios to plain tf.data on the same path,
+  and the cores it needs to feed each of our models as measured in this run: its training
+  step for the training path, its inference for the evaluation path."""
+  ours = [r for r in results if r["framework"] == "jax" and "error" not in r]
+  reduced = pipeline["reduced"]
+  lines = [f"input pipeline ({pipeline['data']}, {resolution} px, batch {pipeline['batch']}, "
+           f"{pipeline['train_batches']} / {pipeline['eval_batches']} batches train / eval, "
+           f"median of {pipeline['rounds']} round(s)); prepared: shorter side "
+           f"{reduced['reduced_shorter_side']} px, JPEG quality {reduced['reduced_quality']}; "
+           f"echo window {pipeline['echo_window']}",
+           "cores to feed one device: our images/s in this run (training step for the "
+           "training path, inference for evaluation) / images per CPU second"]
+  header = ("variant", "img/s", "img per CPU s", "vs plain CPU / wall",
+            *(f"cores to feed {_label(r)}" for r in ours))
+  rows = []
+  for name, variant in pipeline["variants"].items():
+    model_key = "train_images_per_s" if variant["path"] == "train" else "infer_images_per_s"
+    rows.append((name, f"{variant['images_per_s']:.0f}", f"{variant['images_per_cpu_s']:.0f}",
+                 f"{variant['vs_plain_cpu']:.2f}x / {variant['vs_plain_wall']:.2f}x",
+                 *(f"{r[model_key] / variant['images_per_cpu_s']:.3g}" for r in ours)))
+  return lines + _table(header, rows)

@@ -1,10 +1,13 @@
 r"""Portable files of one checkpoint, for sharing and serving.
 
     python -m mobileshuffle_jax.export --workdir DIR --out FILE
-        [--format safetensors|jax|tflite] [--step N] [--batch B]
+        [--format safetensors|jax|tflite|onnx|ncnn] [--step N] [--batch B]
 
 `tflite`: a LiteRT flatbuffer for phones, float or quantized; see
-`mobileshuffle_jax.export.tflite` and its checker, `python -m mobileshuffle_jax.export.check`.
+`mobileshuffle_jax.export.tflite`. `onnx`: an ONNX file (ONNX Runtime, TensorRT, OpenVINO);
+see `mobileshuffle_jax.export.onnx_export`. `ncnn`: ncnn's `FILE.param` and `FILE.bin`; see
+`mobileshuffle_jax.export.ncnn_export`. The checker, `python -m mobileshuffle_jax.export.check`,
+runs any of these three in its own runtime beside the JAX model.
 
 `safetensors` (default): one file with every evaluation variable, named by its path
 ('params/stem/conv/kernel', 'batch_stats/stem/bn/mean', ...), and in its string metadata
@@ -29,7 +32,8 @@ backward-compatibility window; the model is computed the way the 'auto' lowering
 (`mobileshuffle_jax.fast`) prefers for the platform that runs it, decided there.
 
 Every file is written under a temporary name beside it and renamed at the end, so a
-failure leaves no partial file; an existing FILE (or FILE.json) is refused.
+failure leaves no partial file; an existing FILE (or FILE.json, or ncnn's FILE.bin) is
+refused, and so is an option the format cannot express, before anything is read or written.
 """
 
 from __future__ import annotations
@@ -45,7 +49,17 @@ from jax import lax
 from mobileshuffle_jax import models, predict, safetensors_io, staging
 from mobileshuffle_jax.export.records import FORMAT_VERSION, SIDECAR_SUFFIX, model_record
 
-FORMATS = ("safetensors", "jax", "tflite")
+FORMATS = ("safetensors", "jax", "tflite", "onnx", "ncnn")
+# The formats whose files have a batch dimension that --batch fixes (ncnn runs one image).
+BATCH_FORMATS = ("jax", "tflite", "onnx")
+# The options (fields of `tflite.Options`, or keywords of the onnx and ncnn writers) that
+# each format takes besides --batch.
+FORMAT_OPTIONS = {
+    "tflite": ("quantize", "calibration_data", "calibration_count", "resolution",
+               "in_graph_preprocessing"),
+    "onnx": ("resolution", "in_graph_preprocessing"),
+    "ncnn": ("resolution", "in_graph_preprocessing"),
+}
 JAX_FORMAT = "mobileshuffle_jax.jax_export"
 # Platforms a `--format jax` function is lowered for; it runs on any of them.
 JAX_PLATFORMS = ("cpu", "cuda", "tpu")
@@ -55,32 +69,54 @@ BACKEND_OF_PLATFORM = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
 
 def output_paths(out: str, file_format: str) -> list[str]:
   """The files an export to `out` writes."""
+  if file_format == "ncnn":
+    from mobileshuffle_jax.export import ncnn_export  # pylint: disable=g-import-not-at-top
+    return ncnn_export.output_paths(out)
   return [out] if file_format == "safetensors" else [out, out + SIDECAR_SUFFIX]
+
+
+def check_options(file_format: str, batch: int | None, format_options: dict) -> None:
+  """Refuse, naming it, an option that `file_format` cannot express."""
+  if file_format not in FORMATS:
+    raise ValueError(f"format={file_format!r} is not supported; allowed values: "
+                     f"{', '.join(repr(f) for f in FORMATS)}")
+  if batch is not None and file_format not in BATCH_FORMATS:
+    reason = " (ncnn runs one image at a time)" if file_format == "ncnn" else ""
+    raise ValueError(f"--batch fixes the batch size of a --format "
+                     f"{', '.join(BATCH_FORMATS[:-1])} or {BATCH_FORMATS[-1]} export "
+                     f"only{reason}")
+  if batch is not None and batch <= 0:
+    raise ValueError(f"--batch={batch} must be positive")
+  foreign = sorted(set(format_options) - set(FORMAT_OPTIONS.get(file_format, ())))
+  if foreign:
+    raise ValueError("; ".join(
+        f"{name}: options of --format "
+        f"{', '.join(f for f, names in FORMAT_OPTIONS.items() if name in names)} only"
+        for name in foreign))
 
 
 def export_checkpoint(workdir: str, out: str, *, file_format: str = "safetensors",
                       step: int | None = None, batch: int | None = None,
-                      **tflite_options) -> predict.Predictor:
+                      **format_options) -> predict.Predictor:
   """Export `step` (default: the latest) of `workdir` to `out` (see `output_paths`); the
   predictor exported.
 
   `workdir`: anything `mobileshuffle_jax.load` reads. `batch` fixes the batch dimension of
-  a `jax` export (default: any) or of a `tflite` one (default 1). `tflite_options`: the
-  other fields of `tflite.Options`. Every refusal is a ValueError; those of the
-  options come before the checkpoint is read, and nothing is written unless all succeeds.
+  a `jax` or `onnx` export (default: any) or of a `tflite` one (default 1).
+  `format_options`: those of `FORMAT_OPTIONS[file_format]` (for tflite, the other fields of
+  `tflite.Options`). Every refusal is a ValueError; those of the options come before the
+  checkpoint is read, and nothing is written unless all succeeds.
   """
-  if file_format not in FORMATS:
-    raise ValueError(f"format={file_format!r} is not supported; allowed values: "
-                     f"{', '.join(repr(f) for f in FORMATS)}")
-  if batch is not None and file_format == "safetensors":
-    raise ValueError("--batch fixes the batch size of a --format jax or tflite export only")
-  if batch is not None and batch <= 0:
-    raise ValueError(f"--batch={batch} must be positive")
-  if tflite_options and file_format != "tflite":
-    raise ValueError(f"{', '.join(sorted(tflite_options))}: options of --format tflite only")
+  check_options(file_format, batch, format_options)
   if file_format == "tflite":
     from mobileshuffle_jax.export import tflite  # pylint: disable=g-import-not-at-top
-    options = tflite.Options(batch=batch or 1, **tflite_options)
+    options = tflite.Options(batch=batch or 1, **format_options)
+  elif file_format in ("onnx", "ncnn"):
+    from mobileshuffle_jax.export import graph  # pylint: disable=g-import-not-at-top
+    graph.check_resolution(format_options.get("resolution"))
+  if file_format == "ncnn":
+    from mobileshuffle_jax.export import ncnn_export  # pylint: disable=g-import-not-at-top
+    ncnn_export.check_out(out)
   existing = [path for path in output_paths(out, file_format) if os.path.lexists(path)]
   if existing:
     raise ValueError(f"{existing[0]} exists; choose a new --out (nothing was written)")
@@ -92,8 +128,13 @@ def export_checkpoint(workdir: str, out: str, *, file_format: str = "safetensors
     write_safetensors(predictor, out)
   elif file_format == "jax":
     write_jax(predictor, out, batch=batch)
-  else:
+  elif file_format == "tflite":
     tflite.write_tflite(predictor, out, options)
+  elif file_format == "onnx":
+    from mobileshuffle_jax.export import onnx_export  # pylint: disable=g-import-not-at-top
+    onnx_export.write_onnx(predictor, out, batch=batch, **format_options)
+  else:
+    ncnn_export.write_ncnn(predictor, out, **format_options)
   return predictor
 
 

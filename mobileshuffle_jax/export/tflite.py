@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from mobileshuffle_jax import input_pipeline, models, predict, preprocessing, staging
+from mobileshuffle_jax.export import graph as graph_lib
 from mobileshuffle_jax.export import records
 
 QUANTIZATIONS = ("none", "dynamic", "int8")
@@ -73,9 +74,7 @@ class Options:
     if self.batch < 1:
       raise ValueError(f"--batch={self.batch} must be positive (TFLite files have a fixed "
                        "batch)")
-    if self.resolution is not None and self.resolution < 32:
-      raise ValueError(f"--resolution={self.resolution} must be at least 32 (both networks "
-                       "downsample by 32)")
+    graph_lib.check_resolution(self.resolution)
     if self.calibration_count < 1:
       raise ValueError(f"--calibration-images={self.calibration_count} must be positive")
 
@@ -158,12 +157,6 @@ def op_names(flatbuffer: bytes) -> list[str]:
   return [op["op_name"] for op in graph._get_ops_details()]  # pylint: disable=protected-access
 
 
-def denormalize(images: np.ndarray, normalization: str) -> np.ndarray:
-  """RGB 0..255 values of images `preprocessing.normalize` produced."""
-  mean, std = preprocessing.NORMALIZATIONS[normalization]
-  return images * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
-
-
 def image_data_config(config: ml_collections.ConfigDict, *, data: str | None,
                       resolution: int) -> ml_collections.ConfigDict:
   """`config.data` reading `data` (a split of its data set, or an image folder root's
@@ -190,7 +183,7 @@ def read_images(data_config: ml_collections.ConfigDict, count: int | None, *,
   seen = 0
   for examples in input_pipeline.eval_batches(data_config, global_batch_size=batch):
     real = examples["mask"] > 0
-    images = denormalize(examples["images"][real], data_config.normalization)
+    images = examples["images"][real].astype(np.float32)
     labels = examples["labels"][real]
     if count is not None:
       images, labels = images[:count - seen], labels[:count - seen]
@@ -233,14 +226,10 @@ def sidecar(predictor: predict.Predictor, *, batch: int, resolution: int, quanti
   """What `FILE.json` records (the checker reads `input` and `model`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  normalization = predictor.preprocessing["normalization"]
   return dict(
       format=FORMAT, format_version=records.FORMAT_VERSION, **records.model_record(predictor),
-      input={"shape": [batch, resolution, resolution, predictor.model.input_channels],
-             "dtype": "float32",
-             "values": "RGB 0..255" if in_graph_preprocessing else
-                       f"normalized ({normalization})",
-             "in_graph_preprocessing": in_graph_preprocessing},
+      input=records.input_record(predictor, batch=batch, resolution=resolution, layout="NHWC",
+                                 in_graph_preprocessing=in_graph_preprocessing),
       output={"shape": [batch, predictor.num_classes], "dtype": "float32", "values": "logits"},
       quantize=quantize, calibration=calibration, jax_version=jax.__version__,
       tensorflow_version=tf.__version__)

@@ -1,0 +1,55 @@
+"""Importing the package keeps freed memory for reuse: large buffers stop faulting in anew."""
+
+import subprocess
+import sys
+
+from conftest import REPO, SUBPROCESS_ENV
+
+# 20 times a 64 MiB buffer malloc-ed, written and freed, as XLA:CPU does with an
+# execution's buffers (numpy would madvise huge pages of its own).
+FAULTS_PER_BUFFER = """
+import ctypes, resource
+import mobileshuffle_jax
+from mobileshuffle_jax import allocator
+allocator.announce()
+allocator.announce()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 64 << 20
+
+def write_and_free():
+  buffer = libc.malloc(size)
+  ctypes.memset(buffer, 1, size)
+  libc.free(buffer)
+
+write_and_free()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+  write_and_free()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+"""
+
+
+def faults_per_buffer(env: dict) -> tuple[float, str]:
+  run = subprocess.run([sys.executable, "-c", FAULTS_PER_BUFFER], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120, check=True)
+  return float(run.stdout.strip().splitlines()[-1]), run.stderr
+
+
+def test_import_keeps_freed_memory_and_says_so_once():
+  env = {key: value for key, value in SUBPROCESS_ENV.items() if key != "GLIBC_TUNABLES"}
+  reused, said = faults_per_buffer(env)
+  fresh, said_system = faults_per_buffer(dict(env, MOBILESHUFFLE_JAX_MALLOC="system"))
+  # 64 MiB in 4 KiB pages is 16,384 faults when the buffer is a fresh mapping each time.
+  assert fresh > 10_000, fresh
+  assert reused < 100, reused
+  (line,) = said.strip().splitlines()
+  assert line == f"mobileshuffle_jax: malloc: {allocator_status()}"
+  (line,) = said_system.strip().splitlines()
+  assert "MOBILESHUFFLE_JAX_MALLOC=system" in line and "glibc defaults" in line
+
+
+def allocator_status() -> str:
+  from mobileshuffle_jax import allocator  # the status this process's import applied
+  return allocator.keep_freed_memory()
