@@ -4,7 +4,7 @@ XLA:CPU allocates the buffers of an execution anew on every call, over a GiB for
 MobileNet training step. With glibc's defaults each large buffer is an mmap of its own,
 returned to the kernel when freed, so every step faults its memory back in 4 KiB at a time:
 173,600 page faults per MobileNet v1 1.0 training step at batch 16, 26,200 per inference
-(measured with `getrusage` on a 2-core AMD EPYC Zen 5). The benchmark used to start its
+(measured with `getrusage` on a 2-core AMD EPYC, family 25: Zen 3). The benchmark used to start its
 processes with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which makes those faults 2 MiB each
 (880 per training step), but a tunable is read only when a process starts, and
 `python train.py` or a notebook calling `predict` never had it.

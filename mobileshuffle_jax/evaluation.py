@@ -43,9 +43,13 @@ def evaluate(model, variables, data_config, eval_batch_size: int, mesh) -> dict:
   batches = data.eval_batches(data_config, global_batch_size=eval_batch_size, mesh=mesh)
   # A progress bar only on a terminal: in a log file it is noise that shares lines.
   show_progress = jax.process_index() == 0 and sys.stderr.isatty()
+  metric_sums = None
   for batch in tqdm.tqdm(batches, desc="eval", leave=False, unit="batch",
                          disable=not show_progress):
-    batch_sums = _metric_sums(model, variables, batch, data_config.normalization)
+    if metric_sums is None:  # every batch has the same shape: the last one is padded
+      metric_sums = parallel.compiled_on_every_process(
+          _metric_sums, model, variables, batch, data_config.normalization)
+    batch_sums = metric_sums(variables, batch)
     sums = batch_sums if sums is None else jax.tree.map(jnp.add, sums, batch_sums)
   if sums is None:
     raise ValueError(f"the eval split {data_config.eval_split!r} of {data_config.name!r} "

@@ -6,13 +6,19 @@ the 'data' axis. Each process feeds only its own slice of every global batch.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import re
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+# Long enough for the slowest host to import, compile a full-size training step or save.
+BARRIER_TIMEOUT_S = 3600
+_COMPILED_KEPT = 8
 
 
 def create_mesh() -> Mesh:
@@ -32,6 +38,54 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   sharding = batch_sharded(mesh)
   return {name: jax.make_array_from_process_local_data(sharding, value)
           for name, value in local_batch.items()}
+
+
+_barrier_ids = itertools.count()
+
+
+def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+  """Wait until every process is here (at once with one process).
+
+  Through the coordination service, not a collective: XLA:CPU's Gloo collectives give a
+  late process only 30 s, and on a loaded host one process can finish importing,
+  compiling or saving minutes after another. Every process passes the same barriers in
+  the same order.
+  """
+  ocp.multihost.get_barrier_sync_fn()(key=f"mobileshuffle_jax_{next(_barrier_ids)}_{name}",
+                                     timeout_ms=timeout_s * 1000)
+
+
+_compiled: collections.OrderedDict = collections.OrderedDict()
+
+
+def compiled_on_every_process(jitted, *args) -> jax.stages.Compiled:
+  """`jitted` compiled for `args`, returned once every process holds it.
+
+  Call the result without `jitted`'s static arguments. A program's first collective
+  is joined within Gloo's 30 s only if the processes start it together, so each program
+  is compiled ahead of its first run and the processes meet at a `barrier` before
+  running it. The last few programs are kept, keyed like jit's own cache, so repeated
+  evaluations compile and meet once.
+  """
+  leaves, treedef = jax.tree.flatten(args)
+  key = (jitted, treedef, tuple(_signature(leaf) for leaf in leaves))
+  if key in _compiled:
+    _compiled.move_to_end(key)
+    return _compiled[key]
+  compiled = jitted.lower(*args).compile()
+  barrier("compiled")
+  _compiled[key] = compiled
+  if len(_compiled) > _COMPILED_KEPT:
+    _compiled.popitem(last=False)
+  return compiled
+
+
+def _signature(leaf):
+  if isinstance(leaf, jax.Array):
+    return (jax.typeof(leaf), leaf.sharding)
+  if isinstance(leaf, (np.ndarray, np.generic)):
+    return (leaf.shape, leaf.dtype)
+  return leaf  # a static argument: hashable, as jit requires
 
 
 def check_batch_size(name: str, global_batch_size: int) -> None:

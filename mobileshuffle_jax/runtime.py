@@ -56,6 +56,11 @@ def initialize() -> None:
                                options.process_id)
   elif in_managed_cluster():
     jax.distributed.initialize()
+  if jax.process_count() > 1:
+    import orbax.checkpoint  # pylint: disable=g-import-not-at-top,unused-import  (defines the flag)
+    # Orbax's barriers through the coordination service too, as `parallel.barrier`
+    # explains: its default, a collective, gives a process saving late only 30 s.
+    options.experimental_orbax_use_distributed_barrier = True
 
   quiet_libraries(verbose=options.verbose)
   ours = logging.getLogger("mobileshuffle_jax")
@@ -86,8 +91,8 @@ def shutdown() -> None:
   finishing its last save or eval can make the coordination service abort the other."""
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("mobileshuffle_jax: done")
+    from mobileshuffle_jax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.barrier("done")
     jax.distributed.shutdown()
 
 

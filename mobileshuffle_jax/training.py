@@ -6,6 +6,7 @@ donated. The same code runs on one CPU or on every device of every host.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import signal
@@ -109,6 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     except workdir_lock.WorkdirInUseError as error:
       refusal = error
   if jax.process_count() > 1:  # every process stops if process 0 could not take the lock
+    parallel.barrier("workdir lock")  # the broadcast is a collective: start it together
     refused = multihost_utils.broadcast_one_to_all(np.int32(refusal is not None))
     if refused and refusal is None:
       refusal = workdir_lock.WorkdirInUseError(f"{workdir} is in use by another training run")
@@ -177,26 +179,30 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   if is_chief:
     checkpointing.write_config_json(workdir, config_json)
 
-  compiled_step = jit_train_step(model, tx, schedule, config, mesh, teacher)
+  batches = data.train_batches(config.data, global_batch_size=config.global_batch_size,
+                               start_step=start_step, mesh=mesh)
+  first_batch = next(batches)
+  batches = itertools.chain([first_batch], batches)
+  step_rng = jax.random.fold_in(rng, 1)
+  jitted_step = jit_train_step(model, tx, schedule, config, mesh, teacher)
   if teacher is None:
-    train_step = compiled_step
+    train_step = parallel.compiled_on_every_process(jitted_step, state, first_batch, step_rng)
   else:
     # An argument of every call, replicated once: compiled as an input, not a constant.
     teacher_variables = jax.device_put(teacher.variables, replicated)
+    compiled_step = parallel.compiled_on_every_process(jitted_step, state, first_batch,
+                                                       step_rng, teacher_variables)
 
     def train_step(state, batch, rng):
       return compiled_step(state, batch, rng, teacher_variables)
-  batches = data.train_batches(config.data, global_batch_size=config.global_batch_size,
-                               start_step=start_step, mesh=mesh)
   writer = progress.MetricWriter(workdir, start_step, enabled=is_chief)
   reporter = progress.StepReporter(total_steps, steps_per_epoch, config.global_batch_size,
                                    start_step, enabled=is_chief)
   preemption = PreemptionWatch()
-  step_rng = jax.random.fold_in(rng, 1)
   pending_metrics = []  # of the steps since the last summary
   unlogged = None  # (step, its steps' metrics): a summary read once the next step is queued
   eval_metrics: dict = {}
-  loop_start = None  # after the first step, which compiles
+  loop_start = None  # after the first step, whose buffers are new
 
   def log_summary(step, step_metrics):
     summary = summarize(step_metrics, step)

@@ -94,6 +94,14 @@ def test_sharded_step_communicates_only_reductions(model, options):
   assert found["all-reduce"]["bytes"] <= state_bytes + 4096
 
 
+def test_programs_compile_once_per_signature_and_run_as_jitted():
+  double = jax.jit(lambda x: 2 * x)
+  compiled = parallel.compiled_on_every_process(double, np.ones(3, np.float32))
+  assert parallel.compiled_on_every_process(double, np.zeros(3, np.float32)) is compiled
+  assert parallel.compiled_on_every_process(double, np.ones(4, np.float32)) is not compiled
+  np.testing.assert_array_equal(compiled(np.arange(3, dtype=np.float32)), [0, 2, 4])
+
+
 def free_port():
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -109,7 +117,7 @@ def train_command(workdir, data_dir, steps, extra=()):
           "--config.warmup_epochs=0",
           "--config.log_every_steps=1", "--config.eval_every_steps=1000",
           "--config.checkpoint_every_steps=1000", "--config.lowering=xla",
-          "--config.data.input_shards=2", *extra]
+          "--config.data.input_shards=2", "--config.loop_efficiency_steps=0", *extra]
 
 
 def environment(devices):

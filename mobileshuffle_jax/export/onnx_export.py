@@ -13,9 +13,25 @@ preprocessing); the batch is symbolic unless `--batch` fixes it; the output `log
 float32 [batch, classes]. The resolution is fixed (the padding of every conv and pool is
 explicit, by the model's convention), the checkpoint's image size unless `--resolution`.
 
-Writing the graph from our parameters, rather than converting the traced JAX function,
-leaves nothing to a converter's pattern matching: the BN folding, the group attributes and
-the shuffle are exactly the ones above, and the file holds only the standard ops listed.
+No maintained converter writes this file, measured (MobileNet 1.0 in Keras' layout and
+ShuffleNet 1x g3 in the authors', 224 px, random weights; ONNX Runtime 1.32, batch 1, five
+interleaved rounds of 50 calls on a shared 2-core AMD EPYC; ratios are medians over rounds):
+- tf2onnx 1.17.0 cannot read a JAX 0.10 function: jax2tf now serializes natively, the
+  whole function one `XlaCallModule` op, for which tf2onnx has no handler.
+- jax2onnx 0.17.1 (declares orbax-checkpoint<0.11.37, against our pin) converts a JAX
+  function of this graph (lax convs, NCHW, `feature_group_count`) with the same logits
+  (relative difference 2e-7 / 4e-7, as here), but not into the file above: each conv's bias
+  is a separate `Add`; its `ReduceMean` is invalid at opset 17 (opset 18 needed); with a
+  symbolic batch each shuffle `Reshape` computes its shape at run time (Shape, Gather,
+  Concat). NCHW `reduce_window` pools become a 4-d `MaxPool` on a 6-d tensor that ONNX
+  Runtime refuses ("Unsupported pooling size"), and flax pools lose explicit padding; only
+  `Pad` + VALID pools convert. That ShuffleNet file ran 1.17x / 1.04x this writer's latency
+  (1 / 2 threads; 1.14x / 1.04x at batch 1), MobileNet 0.98x / 0.95x. Converting the
+  unfolded predict function keeps every BN as Sqrt, Mul, Sub and Div ops (MobileNet 1.47x)
+  and fails on ShuffleNet (jax2onnx's linen avg_pool patch).
+Writing the graph from our parameters leaves nothing to a converter's pattern matching: the
+BN folding, the group attributes, the shuffle and the pools are exactly the ones above, and
+the file holds only the standard ops listed.
 
 Beside FILE, `FILE.json` records the model, its fingerprint, the input and the opset (the
 checker, `python -m mobileshuffle_jax.export.check`, reads it); the ONNX model's metadata
