@@ -2,15 +2,18 @@
 
 `mobileshuffle_jax.load(path)` is `predict.load`: a checkpoint directory or exported file
 as a `Predictor`. It is imported on first use, so that importing the package stays cheap.
-Importing the package sets glibc's malloc to keep freed memory for reuse (`allocator`).
+Importing the package sets glibc's malloc to keep freed memory for reuse (`allocator`) and
+XLA:CPU's kernel library (`cpu_kernels`).
 """
 
-from mobileshuffle_jax import allocator
+from mobileshuffle_jax import allocator, cpu_kernels
 
 __all__ = ["load"]
 
 # Before this process's first XLA:CPU buffers: they are then reused from step to step.
 allocator.keep_freed_memory()
+# Before this process's XLA:CPU client reads XLA_FLAGS.
+cpu_kernels.choose()
 
 
 def __getattr__(name: str):

@@ -43,6 +43,10 @@ defaults. `--malloc system` holds ours to glibc's defaults too; `--malloc hugepa
 every process with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge pages). The
 report names the CPU (model, family, vector extensions) and each side's allocator state.
 
+Kernels: `--cpu-kernels onednn,xnnpack` (or `all`) measures ours once with each XLA:CPU
+kernel library of `mobileshuffle_jax.cpu_kernels` (XLA's own, oneDNN, XNNPACK, YNNPACK),
+each in its own process; the report says which library each of ours ran with.
+
 `--tflite` also times batch-1 latency of our model exported to TFLite (float32, built-in
 ops, `mobileshuffle_jax.export.tflite`) in the LiteRT interpreter with XNNPACK, 1 and 2
 threads: what a phone runtime makes of it on this CPU.
@@ -71,7 +75,7 @@ import os
 import platform
 import sys
 
-from mobileshuffle_jax import allocator
+from mobileshuffle_jax import allocator, cpu_kernels
 from mobileshuffle_jax.bench import cpu_info, litert, ours, peers, photos, results
 
 MODELS = ("mobilenet_v1", "shufflenet_v1")
@@ -96,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
   # the peers' included.
   parser.add_argument("--lowering", choices=("auto", "xla", "fast", "all"), default="auto",
                       help="our conv lowering; 'all': 'xla' and 'fast'")
+  parser.add_argument("--cpu-kernels", metavar="LIBRARIES",
+                      help="run ours with each of these XLA:CPU kernel libraries "
+                           f"(comma-separated, or 'all': {', '.join(cpu_kernels.LIBRARIES)}); "
+                           "default: the package's choice (mobileshuffle_jax.cpu_kernels)")
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="our compute dtype (on a GPU, PyTorch autocasts to it)")
   parser.add_argument("--repeats", type=int, default=5)
@@ -131,6 +139,7 @@ def main(argv=None) -> int:
     result = MEASURE[spec["framework"]](spec)
     result["allocator"] = {"mallopt": allocator.keep_freed_memory(),
                            "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
+    result["kernel_library"] = cpu_kernels.choose()
     print(json.dumps(result))
     return 0
 
@@ -161,7 +170,19 @@ def main(argv=None) -> int:
                                      args.malloc)
   if "error" in matmul:
     raise RuntimeError(f"the matmul measurement failed: {matmul['error']}")
-  specs = [dict(common, framework="jax", lowering=name, dtype=args.dtype) for name in lowerings]
+  if args.cpu_kernels is None:
+    libraries = (None,)
+  elif args.cpu_kernels == "all":
+    libraries = tuple(cpu_kernels.LIBRARIES)
+  else:
+    libraries = tuple(args.cpu_kernels.split(","))
+    unknown = [name for name in libraries if name not in cpu_kernels.LIBRARIES]
+    if unknown:
+      parser.error(f"--cpu-kernels: {', '.join(unknown)} not among "
+                   f"{', '.join(cpu_kernels.LIBRARIES)}")
+  specs = [dict(common, framework="jax", lowering=name, dtype=args.dtype,
+                **({"cpu_kernels": library} if library else {}))
+           for name in lowerings for library in libraries]
   if peer_name:
     specs.append(dict(common, framework="pytorch", dtype=args.dtype))
     if matmul["backend"] == "gpu":  # eager and compiled, as PyTorch users run it there

@@ -78,7 +78,8 @@ def measure_jax(spec: dict) -> dict:
   stats = device.memory_stats() if device.platform != "cpu" else None
   if stats and "peak_bytes_in_use" in stats:
     result["memory"]["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
-  return {"framework": "jax", "lowering": spec["lowering"],
+  chosen = {"cpu_kernels": spec["cpu_kernels"]} if "cpu_kernels" in spec else {}
+  return {"framework": "jax", "lowering": spec["lowering"], **chosen,
           "resolved_lowering": models.resolve_lowering(spec["lowering"], device.platform),
           "versions": f"JAX {jax.__version__}", "backend": device.platform,
           "device": device.device_kind, **result}

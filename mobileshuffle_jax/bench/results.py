@@ -9,7 +9,7 @@ import statistics
 import subprocess
 import sys
 
-from mobileshuffle_jax import allocator
+from mobileshuffle_jax import allocator, cpu_kernels
 from mobileshuffle_jax.bench.figures import FIGURES
 
 # What every measuring process starts with. 'default' is a plain environment: ours then
@@ -31,6 +31,8 @@ def run_in_subprocess(spec: dict, malloc: str = "default",
     env[allocator.ENV_VAR] = "system"
   if spec["framework"] == "keras":
     env["KERAS_BACKEND"] = "tensorflow"
+  if "cpu_kernels" in spec:
+    env[cpu_kernels.ENV_VAR] = spec["cpu_kernels"]
   command = [sys.executable, "-m", "mobileshuffle_jax.bench", "--worker", json.dumps(spec)]
   try:
     done = subprocess.run(command, env=env, capture_output=True, text=True,
@@ -106,7 +108,8 @@ def median_speedups(rounds: list[list[dict]]) -> list[dict]:
 
 def _label(result: dict) -> str:
   if result["framework"] == "jax":
-    return f"ours ({result['lowering']})"
+    kernels = f", {result['cpu_kernels']} kernels" if "cpu_kernels" in result else ""
+    return f"ours ({result['lowering']}{kernels})"
   return result.get("model_name", result["framework"])
 
 
@@ -142,6 +145,9 @@ def format_report(report: dict) -> str:
            f"CPU: {_cpu_line(machine.get('cpu', {}))}",
            f"malloc ({config['malloc']}): ours {_allocator_of(report, 'jax')}; peers "
            f"{_allocator_of(report, *PEER_FRAMEWORKS)}",
+           "XLA:CPU kernels: " + " | ".join(sorted({
+               r["kernel_library"] for r in report["results"]
+               if r["framework"] == "jax" and "kernel_library" in r})),
            f"{report['mult_adds_per_image'] / 1e6:.1f} M mult-adds per image; "
            f"{machine.get('matmul_dtype', 'float32')} {machine['matmul_size']}^2 matmul: "
            f"{machine['matmul_gflops']:.0f} GFLOP/s"]
