@@ -63,7 +63,7 @@ def choose() -> str:
     status = f"jaxlib's defaults ({ENV_VAR}={name} came after the devices were up)"
   else:
     os.environ["XLA_FLAGS"] = " ".join([xla_flags, *LIBRARIES[name]]).strip()
-    status = name + (f" ({' '.join(LIBRARIES[name])})" if LIBRARIES[name] else "")
+    status = f"{name} ({' '.join(LIBRARIES[name])})"
   _state["status"] = status
   return status
 

@@ -43,9 +43,9 @@ defaults. `--malloc system` holds ours to glibc's defaults too; `--malloc hugepa
 every process with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge pages). The
 report names the CPU (model, family, vector extensions) and each side's allocator state.
 
-Kernels: `--cpu-kernels onednn,xnnpack` (or `all`) measures ours once with each XLA:CPU
-kernel library of `mobileshuffle_jax.cpu_kernels` (XLA's own, oneDNN, XNNPACK, YNNPACK),
-each in its own process; the report says which library each of ours ran with.
+Kernels: `--cpu-kernels ynnpack,xla` (or `all`) measures ours once with each XLA:CPU kernel
+choice of `mobileshuffle_jax.cpu_kernels` (YNNPACK, jaxlib's default, or XLA's own), each
+in its own process; the report says which kernels each of ours ran with.
 
 `--tflite` also times batch-1 latency of our model exported to TFLite (float32, built-in
 ops, `mobileshuffle_jax.export.tflite`) in the LiteRT interpreter with XNNPACK, 1 and 2
