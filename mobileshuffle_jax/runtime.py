@@ -19,6 +19,10 @@ from absl import app, flags
 # Before anything imports TensorFlow or jaxlib (the entry points import this module
 # before parsing their flags): their C++ banners and notices stay off the console.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow runs only the input pipeline here (decoding, cropping, resizing), which its
+# oneDNN custom ops take no part in. On CPUs where it turns them on by default (AVX-512
+# VNNI and newer) it announces them on stderr before any log level applies.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0, to start a multi-process run by hand; on Cloud "
