@@ -19,6 +19,8 @@ from jax import lax
 # A factory of Linen modules: a module class, or a function or partial that returns one.
 ModuleDef = Any
 Activation = Callable[[jnp.ndarray], jnp.ndarray]
+# `pool(x, kind, padding)` below, or another function with the same results.
+Pool = Callable[[jnp.ndarray, str, str], jnp.ndarray]
 
 # "same": TensorFlow's SAME (at stride 2 on even sizes: 0 before, 1 after).
 # "symmetric": PyTorch's padding=k//2 on both sides.
@@ -223,6 +225,7 @@ class ShuffleUnit(nn.Module):
   padding: str = "same"
   concat_order: str = "main_first"
   shuffle_order: str = "paper"
+  pool: Pool = pool
 
   @nn.compact
   def __call__(self, x):
@@ -237,7 +240,7 @@ class ShuffleUnit(nn.Module):
     y = layer(branch_channels, 1, groups=self.groups, name="expand")(y)
     if self.strides == 1:
       return nn.relu(x + y)
-    return nn.relu(concatenate_with_shortcut(y, pool(x, "avg", self.padding),
+    return nn.relu(concatenate_with_shortcut(y, self.pool(x, "avg", self.padding),
                                              self.concat_order))
 
 

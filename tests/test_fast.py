@@ -30,10 +30,12 @@ def test_lowering_names_choose_factories():
   with pytest.raises(ValueError, match="lowering='cudnn' is not supported"):
     models.resolve_lowering("cudnn", "cpu")
   paper = models.build("shufflenet_v1", lowering="xla")
-  assert (paper.conv, paper.norm, paper.unit) == (nn.Conv, layers.BatchNorm, layers.ShuffleUnit)
+  assert (paper.conv, paper.norm, paper.unit, paper.pool) == (
+      nn.Conv, layers.BatchNorm, layers.ShuffleUnit, layers.pool)
   assert paper == models.ShuffleNetV1()  # the paper's code is the model's default
   quick = models.build("shufflenet_v1", lowering="fast")
-  assert (quick.conv, quick.norm, quick.unit) == (fast.Conv, fast.BatchNorm, fast.ShuffleUnit)
+  assert (quick.conv, quick.norm, quick.unit, quick.pool) == (
+      fast.Conv, fast.BatchNorm, fast.ShuffleUnit, fast.pool)
   mobilenet = models.build("mobilenet_v1", lowering="fast")
   assert (mobilenet.conv, mobilenet.norm) == (fast.Conv, fast.BatchNorm)
   assert models.with_lowering(quick, "xla") == paper

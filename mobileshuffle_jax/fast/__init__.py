@@ -1,14 +1,16 @@
 """Speed paths for the paper models: faster modules with the papers' variables.
 
 The models (`mobileshuffle_jax.models`, `layers`) are written as the papers draw them and
-take their conv, norm and ShuffleNet unit as factories. This package holds faster ones,
-each with the same variables and the same results (the tests prove it, per layer and for
-whole models in float64, forward and gradients):
+take their conv, norm, ShuffleNet unit and pooling function as factories. This package
+holds faster ones, each with the same variables and the same results (the tests prove it,
+per layer and for whole models in float64, forward and gradients):
 
 - `Conv` (`conv.py`): `nn.Conv` computed by shifted multiply-adds (depthwise, RGB stems)
   and one matrix product per group (1x1), with written-out backward passes;
 - `BatchNorm` (`norm.py`): a written-out training gradient that keeps no normalized copy;
-- `ShuffleUnit` (`shuffle_unit.py`): the unit with its activations split by group.
+- `ShuffleUnit` (`shuffle_unit.py`): the unit with its activations split by group;
+- `pool` (`pool.py`): ShuffleNet's 3x3 stride-2 max and average pools as shifted maxima
+  and sums, with written-out backward passes.
 
 `models.build(..., lowering=...)` injects them: 'xla' is the paper code as it stands
 (XLA's own convolution), 'fast' is this package, and 'auto' picks per backend (`AUTO`).
@@ -22,9 +24,10 @@ same matrix products either way.
 
 from mobileshuffle_jax.fast.conv import Conv
 from mobileshuffle_jax.fast.norm import BatchNorm
+from mobileshuffle_jax.fast.pool import pool
 from mobileshuffle_jax.fast.shuffle_unit import ShuffleUnit
 
-__all__ = ["AUTO", "AUTO_DEFAULT", "BatchNorm", "Conv", "ShuffleUnit"]
+__all__ = ["AUTO", "AUTO_DEFAULT", "BatchNorm", "Conv", "ShuffleUnit", "pool"]
 
 # What 'auto' is per backend (see above); backends not listed get AUTO_DEFAULT.
 AUTO = {"cpu": "fast"}

@@ -135,34 +135,57 @@ depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def _depthwise_input_grad(grad, kernel, stride: int, pads: Pads, in_size: tuple[int, int]):
-  """d x of a depthwise conv: shifted multiply-adds over the output gradient `grad`.
-
-  Padded row p receives grad row o through tap i where p = stride * o + i. Write
-  p = stride * a + r (r < stride): the taps i = r + stride * t meet grad rows a - t. So
-  each parity plane (r, c) of the padded input's gradient is a stride-1 sum of windows of
-  grad over the taps of that parity, the planes interleave into the padded gradient, and
-  the padding is cropped off. Each tap is used once: as many multiply-adds as the forward.
-  """
+  """d x of a depthwise conv: shifted multiply-adds over the output gradient `grad`."""
   kh, kw, _ = kernel.shape
-  batch, out_height, out_width, channels = grad.shape
+  return window_transpose(lambda i, j, window: window * kernel[i, j], (grad,), (kh, kw),
+                          stride, pads, in_size)
+
+
+def window_transpose(tap_term, sources, window: tuple[int, int], stride: int, pads: Pads,
+                     in_size: tuple[int, int]):
+  """The transpose of reading `window`-sized windows of a padded input with `stride`.
+
+  `sources` are arrays of the output's shape (batch, out_h, out_w, channels);
+  `tap_term(i, j, *windows)` is tap (i, j)'s contribution at every output position, given
+  the same positions of each source. Returns, for every input position, the sum of the
+  contributions of the (output position, tap) pairs that read it, as shifted sums: the
+  gradient of a depthwise conv or a pool with respect to its unpadded input.
+
+  Padded row p is read by output row o through tap i where p = stride * o + i. Write
+  p = stride * a + r (r < stride): the taps i = r + stride * t meet output rows a - t. So
+  each parity plane (r, c) of the padded input is a stride-1 sum of windows of the
+  sources over the taps of that parity, the planes interleave into the padded input, and
+  the padding is cropped off. Each tap is used once. Sources are zero-padded: a term
+  must vanish where its gradient source is zero.
+  """
+  kh, kw = window
+  batch, out_height, out_width, channels = sources[0].shape
   plane_height = -(-(in_size[0] + sum(pads[0])) // stride)
   plane_width = -(-(in_size[1] + sum(pads[1])) // stride)
-  # Grad rows a - t for t up to `reach` - 1, and zeros after it up to the plane's size.
+  # Output rows a - t for t up to `reach` - 1, and zeros after it up to the plane's size.
   reach_h, reach_w = -(-kh // stride), -(-kw // stride)
-  grad = jnp.pad(grad, ((0, 0), (reach_h - 1, plane_height - out_height),
-                        (reach_w - 1, plane_width - out_width), (0, 0)))
-  planes = [[_weighted_windows(
-      grad, [(reach_h - 1 - t, reach_w - 1 - u, kernel[r + stride * t, c + stride * u])
-             for t in range(-(-(kh - r) // stride)) for u in range(-(-(kw - c) // stride))],
-      1, plane_height, plane_width) for c in range(stride)] for r in range(stride)]
+  sources = [jnp.pad(source, ((0, 0), (reach_h - 1, plane_height - out_height),
+                              (reach_w - 1, plane_width - out_width), (0, 0)))
+             for source in sources]
+
+  def plane(r: int, c: int):
+    total = None
+    for t in range(-(-(kh - r) // stride)):
+      for u in range(-(-(kw - c) // stride)):
+        windows = [_window(source, reach_h - 1 - t, reach_w - 1 - u, 1, plane_height,
+                           plane_width) for source in sources]
+        term = tap_term(r + stride * t, c + stride * u, *windows)
+        total = term if total is None else total + term
+    return total
+
+  planes = [[plane(r, c) for c in range(stride)] for r in range(stride)]
   if stride == 1:
-    padded_grad = planes[0][0]
+    padded = planes[0][0]
   else:
     # (batch, a, r, b, c, channels) -> padded row stride * a + r, column stride * b + c.
     stacked = jnp.stack([jnp.stack(row, axis=3) for row in planes], axis=2)
-    padded_grad = stacked.reshape(batch, plane_height * stride, plane_width * stride, channels)
-  return padded_grad[:, pads[0][0]:pads[0][0] + in_size[0],
-                     pads[1][0]:pads[1][0] + in_size[1]]
+    padded = stacked.reshape(batch, plane_height * stride, plane_width * stride, channels)
+  return padded[:, pads[0][0]:pads[0][0] + in_size[0], pads[1][0]:pads[1][0] + in_size[1]]
 
 
 def _depthwise_kernel_grad(padded, grad, kernel_shape, stride: int):

@@ -85,6 +85,6 @@ class ShuffleUnit(layers.ShuffleUnit):
       return jnp.concatenate([materialized(nn.relu(a + b)) for a, b in zip(x_blocks, y)],
                              axis=-1)
     main = jnp.concatenate(y, axis=-1)
-    shortcut = layers.pool(x, "avg", self.padding)
+    shortcut = self.pool(x, "avg", self.padding)
     return materialized(nn.relu(layers.concatenate_with_shortcut(main, shortcut,
                                                                  self.concat_order)))

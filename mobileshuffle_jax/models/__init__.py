@@ -31,16 +31,20 @@ LOWERINGS = ("auto", "xla", "fast")
 
 @dataclasses.dataclass(frozen=True)
 class Factories:
-  """What a lowering injects into a model: its conv, norm and (ShuffleNet) unit modules."""
+  """What a lowering injects into a model: its conv, norm and (ShuffleNet) unit modules
+  and (ShuffleNet) pooling function."""
 
   conv: Any
   norm: Any
   unit: Any
+  pool: Any
 
 
 FACTORIES = {
-    "xla": Factories(conv=nn.Conv, norm=layers.BatchNorm, unit=layers.ShuffleUnit),
-    "fast": Factories(conv=fast.Conv, norm=fast.BatchNorm, unit=fast.ShuffleUnit),
+    "xla": Factories(conv=nn.Conv, norm=layers.BatchNorm, unit=layers.ShuffleUnit,
+                     pool=layers.pool),
+    "fast": Factories(conv=fast.Conv, norm=fast.BatchNorm, unit=fast.ShuffleUnit,
+                      pool=fast.pool),
 }
 
 
@@ -71,7 +75,8 @@ FACTORIES["auto"] = Factories(**{part.name: _decided_when_traced(part.name)
 
 
 def factories(model_class: type[nn.Module], lowering: str) -> dict[str, Any]:
-  """The fields of `model_class` that `lowering` sets (conv, norm and unit where it has one)."""
+  """The fields of `model_class` that `lowering` sets (conv, norm, and unit and pool where
+  it has them)."""
   check_lowering(lowering)
   chosen = dataclasses.asdict(FACTORIES[lowering])
   return {part: factory for part, factory in chosen.items()
@@ -87,7 +92,7 @@ def build(name: str, lowering: str = "auto", **options) -> nn.Module:
   """The model `name` with `options` (the module's fields, e.g. alpha=0.5, groups=8).
 
   `lowering` ('auto', 'xla' or 'fast'; see `mobileshuffle_jax.fast`) sets the `conv`,
-  `norm` and `unit` factory fields; a factory given explicitly in `options` wins.
+  `norm`, `unit` and `pool` factory fields; a factory given explicitly in `options` wins.
   """
   if name not in MODELS:
     raise ValueError(f"model={name!r} is not supported; allowed values: "

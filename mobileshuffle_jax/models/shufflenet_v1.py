@@ -89,10 +89,12 @@ class ShuffleNetV1(nn.Module):
   input_channels: int = 3
   bn_group_size: int | None = None  # training BN statistics: None whole batch, k per k examples
   dtype: Any = jnp.float32
-  # The conv, BatchNorm and unit modules: the paper's, or others with the same variables.
+  # The conv, BatchNorm and unit modules and the pooling function: the paper's, or others
+  # with the same variables and results.
   conv: layers.ModuleDef = nn.Conv
   norm: layers.ModuleDef = layers.BatchNorm
   unit: layers.ModuleDef = layers.ShuffleUnit
+  pool: layers.Pool = layers.pool
 
   def __post_init__(self):
     layers.check_choice("groups", self.groups, GROUPS)
@@ -142,8 +144,8 @@ class ShuffleNetV1(nn.Module):
     x = images.astype(self.dtype)
     x = layers.ConvBN(self.stem_channels, 3, conv=conv, norm=norm, strides=2,
                       activation=nn.relu, padding=self.padding, name="stem")(x)
-    x = layers.pool(x, "max", self.padding)
-    unit = functools.partial(self.unit, groups=self.groups, conv=conv, norm=norm,
+    x = self.pool(x, "max", self.padding)
+    unit = functools.partial(self.unit, groups=self.groups, conv=conv, norm=norm, pool=self.pool,
                              shuffle=self.shuffle, padding=self.padding,
                              concat_order=self.concat_order,
                              shuffle_order=self.shuffle_order)
