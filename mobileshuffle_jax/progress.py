@@ -37,7 +37,8 @@ class MetricWriter:
       return
     self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self._jsonl.flush()
-    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2, summary_pb2
     values = [summary_pb2.Summary.Value(tag=name, simple_value=float(value))
               for name, value in scalars.items()]
     self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step,

@@ -48,7 +48,7 @@ def _is_nhwc(lhs, rhs, dimension_numbers) -> bool:
   return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC
 
 
-def _explicit_padding(padding, spatial: Sequence[int], window: Sequence[int],
+def explicit_padding(padding, spatial: Sequence[int], window: Sequence[int],
                       strides: Sequence[int]) -> Pads:
   """`padding` ('SAME', 'VALID', ... or (low, high) pairs) as one pair per spatial axis."""
   if isinstance(padding, str):
@@ -56,7 +56,7 @@ def _explicit_padding(padding, spatial: Sequence[int], window: Sequence[int],
   return tuple((int(low), int(high)) for low, high in padding)
 
 
-def _output_size(size: int, pads: tuple[int, int], window: int, stride: int) -> int:
+def output_size(size: int, pads: tuple[int, int], window: int, stride: int) -> int:
   return (size + pads[0] + pads[1] - window) // stride + 1
 
 
@@ -78,7 +78,7 @@ def materialized(x):
   return x / (x == x).astype(x.dtype)
 
 
-def _window(source, top: int, left: int, stride: int, out_height: int, out_width: int):
+def strided_window(source, top: int, left: int, stride: int, out_height: int, out_width: int):
   """source[:, top + stride * o, left + stride * q] for every output position (o, q)."""
   batch, _, _, channels = source.shape
   return lax.slice(source, (0, top, left, 0),
@@ -95,7 +95,7 @@ def _weighted_windows(source, taps, stride: int, out_height: int, out_width: int
   """
   out = None
   for top, left, weights in taps:
-    term = _window(source, top, left, stride, out_height, out_width) * weights
+    term = strided_window(source, top, left, stride, out_height, out_width) * weights
     out = term if out is None else out + term
   return out
 
@@ -115,8 +115,8 @@ def _depthwise_fwd(x, kernel, stride, pads):
   padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   taps = [(i, j, kernel[i, j].astype(acc)) for i in range(kh) for j in range(kw)]
   out = _weighted_windows(padded.astype(acc), taps, stride,
-                          _output_size(x.shape[1], pads[0], kh, stride),
-                          _output_size(x.shape[2], pads[1], kw, stride))
+                          output_size(x.shape[1], pads[0], kh, stride),
+                          output_size(x.shape[2], pads[1], kw, stride))
   # The padded input is what the kernel gradient reads, tap by tap.
   return materialized(out.astype(x.dtype)), (padded, kernel)
 
@@ -172,8 +172,8 @@ def window_transpose(tap_term, sources, window: tuple[int, int], stride: int, pa
     total = None
     for t in range(-(-(kh - r) // stride)):
       for u in range(-(-(kw - c) // stride)):
-        windows = [_window(source, reach_h - 1 - t, reach_w - 1 - u, 1, plane_height,
-                           plane_width) for source in sources]
+        windows = [strided_window(source, reach_h - 1 - t, reach_w - 1 - u, 1, plane_height,
+                                  plane_width) for source in sources]
         term = tap_term(r + stride * t, c + stride * u, *windows)
         total = term if total is None else total + term
     return total
@@ -235,11 +235,11 @@ def _broadcast_conv_forward(x, kernel, stride, pads):
   acc = _accumulation_dtype(x.dtype)
   padded = jnp.pad(x, ((0, 0), *pads, (0, 0))).astype(acc)
   taps = [(i, j, c) for i in range(kh) for j in range(kw) for c in range(in_channels)]
-  size = (_output_size(x.shape[1], pads[0], kh, stride),
-          _output_size(x.shape[2], pads[1], kw, stride))
+  size = (output_size(x.shape[1], pads[0], kh, stride),
+          output_size(x.shape[2], pads[1], kw, stride))
   out = None
   for i, j, c in taps:
-    term = _window(padded[..., c:c + 1], i, j, stride, *size) * kernel[i, j, c].astype(acc)
+    term = strided_window(padded[..., c:c + 1], i, j, stride, *size) * kernel[i, j, c].astype(acc)
     out = term if out is None else out + term
   return out.astype(x.dtype), padded, size
 
@@ -255,7 +255,7 @@ def _broadcast_conv_bwd(stride, pads, residuals, grad):
   # d kernel: the products of the windows (stacked as patches) with grad, as one matrix
   # product. d x, which a stem does not need (XLA then drops it), by autodiff.
   size = grad.shape[1:3]
-  patches = jnp.concatenate([_window(padded, i, j, stride, *size)
+  patches = jnp.concatenate([strided_window(padded, i, j, stride, *size)
                              for i in range(kh) for j in range(kw)], axis=-1)
   grad_kernel = _weight_grad(patches, grad.astype(patches.dtype), None)
   _, input_vjp = jax.vjp(lambda x: _broadcast_conv_forward(x, kernel, stride, pads)[0], x)
@@ -346,7 +346,7 @@ def fast_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation
     return canonical()
   kh, kw, in_per_group, out_channels = rhs.shape
   channels = lhs.shape[-1]
-  pads = _explicit_padding(padding, lhs.shape[1:3], (kh, kw), strides)
+  pads = explicit_padding(padding, lhs.shape[1:3], (kh, kw), strides)
   if any(p < 0 for pair in pads for p in pair):
     return canonical()
   if feature_group_count == channels == out_channels and in_per_group == 1:

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mobileshuffle_jax import layers
-from mobileshuffle_jax.fast.conv import Pads, _explicit_padding, _output_size, _window
-from mobileshuffle_jax.fast.conv import materialized, window_transpose
+from mobileshuffle_jax.fast.conv import (Pads, explicit_padding, materialized, output_size,
+                                         strided_window, window_transpose)
 
 _WINDOW, _STRIDE = (3, 3), 2
 
@@ -31,7 +31,7 @@ _WINDOW, _STRIDE = (3, 3), 2
 def pool(x: jnp.ndarray, kind: str, padding: str) -> jnp.ndarray:
   """`layers.pool(x, kind, padding)`: the same values and gradients, computed faster."""
   layers.check_choice("kind", kind, ("max", "avg"))
-  pads = _explicit_padding(layers.spatial_padding(_WINDOW[0], padding), x.shape[1:3], _WINDOW,
+  pads = explicit_padding(layers.spatial_padding(_WINDOW[0], padding), x.shape[1:3], _WINDOW,
                            (_STRIDE, _STRIDE))
   in_size = tuple(x.shape[1:3])
   if kind == "max":
@@ -46,8 +46,8 @@ def _taps():
 
 
 def _out_size(x, pads) -> tuple[int, int]:
-  return (_output_size(x.shape[1], pads[0], _WINDOW[0], _STRIDE),
-          _output_size(x.shape[2], pads[1], _WINDOW[1], _STRIDE))
+  return (output_size(x.shape[1], pads[0], _WINDOW[0], _STRIDE),
+          output_size(x.shape[2], pads[1], _WINDOW[1], _STRIDE))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -60,7 +60,7 @@ def max_pool(x, pads: Pads, in_size: tuple[int, int]):
 def _max_pool_fwd(x, pads, in_size):
   del in_size  # x's own
   padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-  windows = [_window(padded, i, j, _STRIDE, *_out_size(x, pads)) for i, j in _taps()]
+  windows = [strided_window(padded, i, j, _STRIDE, *_out_size(x, pads)) for i, j in _taps()]
   out = materialized(functools.reduce(jnp.maximum, windows))
   # The first tap whose window holds the maximum: scanned from the last tap back, so the
   # earliest match is written last.
@@ -101,7 +101,7 @@ def _window_counts(in_size, pads, exclude_padding: bool, out_size) -> np.ndarray
 def _avg_pool_fwd(x, pads, in_size, exclude_padding):
   out_size = _out_size(x, pads)
   padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  total = functools.reduce(jnp.add, [_window(padded, i, j, _STRIDE, *out_size)
+  total = functools.reduce(jnp.add, [strided_window(padded, i, j, _STRIDE, *out_size)
                                      for i, j in _taps()])
   counts = _window_counts(in_size, pads, exclude_padding, out_size)
   return total / counts.astype(x.dtype), None
