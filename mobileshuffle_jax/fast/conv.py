@@ -49,7 +49,7 @@ def _is_nhwc(lhs, rhs, dimension_numbers) -> bool:
 
 
 def explicit_padding(padding, spatial: Sequence[int], window: Sequence[int],
-                      strides: Sequence[int]) -> Pads:
+                     strides: Sequence[int]) -> Pads:
   """`padding` ('SAME', 'VALID', ... or (low, high) pairs) as one pair per spatial axis."""
   if isinstance(padding, str):
     return tuple(tuple(p) for p in lax.padtype_to_pads(spatial, window, strides, padding))

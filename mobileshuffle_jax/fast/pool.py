@@ -32,7 +32,7 @@ def pool(x: jnp.ndarray, kind: str, padding: str) -> jnp.ndarray:
   """`layers.pool(x, kind, padding)`: the same values and gradients, computed faster."""
   layers.check_choice("kind", kind, ("max", "avg"))
   pads = explicit_padding(layers.spatial_padding(_WINDOW[0], padding), x.shape[1:3], _WINDOW,
-                           (_STRIDE, _STRIDE))
+                          (_STRIDE, _STRIDE))
   in_size = tuple(x.shape[1:3])
   if kind == "max":
     return max_pool(x, pads, in_size)
