@@ -2,8 +2,9 @@
 
 `mobileshuffle_jax.load(path)` is `predict.load`: a checkpoint directory or exported file
 as a `Predictor`. It is imported on first use, so that importing the package stays cheap.
-Importing the package sets glibc's malloc to keep freed memory for reuse (`allocator`) and
-XLA:CPU's kernel library (`cpu_kernels`).
+Importing the package (and with it JAX) sets glibc's malloc to keep freed memory for reuse
+and JAX to run CPU programs on the calling thread (`allocator`), and XLA:CPU's kernel
+library (`cpu_kernels`).
 """
 
 from mobileshuffle_jax import allocator, cpu_kernels
