@@ -51,6 +51,8 @@ import os
 import platform
 import sys
 
+from mobileshuffle_jax import cpu_kernels
+
 ENV_VAR = "MOBILESHUFFLE_JAX_MALLOC"
 # mallopt's parameter numbers, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
@@ -82,11 +84,8 @@ def keep_freed_memory() -> str:
 def _dispatch_on_calling_thread() -> str:
   """Turns JAX's asynchronous dispatch off for CPU programs (see the module docstring)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
 
-  if not jax.config.read("jax_cpu_enable_async_dispatch"):
-    return "programs run on the calling thread"
-  if xla_bridge.backends_are_initialized():
+  if jax.config.read("jax_cpu_enable_async_dispatch") and cpu_kernels.devices_are_up():
     return "programs dispatched asynchronously (the devices were up before the package)"
   jax.config.update("jax_cpu_enable_async_dispatch", False)
   return "programs run on the calling thread"

@@ -71,7 +71,7 @@ def choose() -> str:
     status = f"as XLA_FLAGS sets them ({' '.join(by_hand)})"
   elif not LIBRARIES[name]:
     status = name
-  elif _devices_are_up():
+  elif devices_are_up():
     status = f"jaxlib's defaults ({ENV_VAR}={name} came after the devices were up)"
   else:
     os.environ["XLA_FLAGS"] = " ".join([xla_flags, *LIBRARIES[name]]).strip()
@@ -80,6 +80,8 @@ def choose() -> str:
   return status
 
 
-def _devices_are_up() -> bool:
+def devices_are_up() -> bool:
+  """Whether this process's XLA clients exist: flags and options read at their creation
+  can no longer change."""
   bridge = sys.modules.get("jax._src.xla_bridge")
   return bridge is not None and bridge.backends_are_initialized()

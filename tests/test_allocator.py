@@ -34,10 +34,13 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / repeats)
 """
 
 
+def run_script(script: str, env: dict, *args) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120, check=True)
+
+
 def faults_per_buffer(env: dict, size: int = 64 << 20, repeats: int = 20) -> tuple[float, str]:
-  run = subprocess.run([sys.executable, "-c", FAULTS_PER_BUFFER, str(size), str(repeats)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-                       check=True)
+  run = run_script(FAULTS_PER_BUFFER, env, size, repeats)
   return float(run.stdout.strip().splitlines()[-1]), run.stderr
 
 
@@ -90,9 +93,7 @@ print(statistics.median(faults))
 
 
 def faults_per_program(env: dict, dispatch: str) -> float:
-  run = subprocess.run([sys.executable, "-c", FAULTS_PER_PROGRAM, dispatch], cwd=REPO,
-                       env=env, capture_output=True, text=True, timeout=120, check=True)
-  return float(run.stdout.strip().splitlines()[-1])
+  return float(run_script(FAULTS_PER_PROGRAM, env, dispatch).stdout.strip().splitlines()[-1])
 
 
 def test_program_buffers_are_reused_from_the_main_heap():
