@@ -21,6 +21,10 @@ ModuleDef = Any
 Activation = Callable[[jnp.ndarray], jnp.ndarray]
 # `pool(x, kind, padding)` below, or another function with the same results.
 Pool = Callable[[jnp.ndarray, str, str], jnp.ndarray]
+# How a model runs its inference on a batch: `batching(module, network, images)`, where
+# `network(module, images)` is the model's inference on any batch; `whole_batch` below,
+# or another way with the same results.
+Batching = Callable[[nn.Module, Callable[..., Any], jnp.ndarray], Any]
 
 # "same": TensorFlow's SAME (at stride 2 on even sizes: 0 before, 1 after).
 # "symmetric": PyTorch's padding=k//2 on both sides.
@@ -85,6 +89,11 @@ def pool(x: jnp.ndarray, kind: str, padding: str) -> jnp.ndarray:
     x = jnp.pad(x, ((0, 0), *window["padding"], (0, 0)))
     return nn.avg_pool(x, (3, 3), strides=(2, 2), padding="VALID")
   return nn.avg_pool(x, **window, count_include_pad=False)  # TensorFlow's SAME rule
+
+
+def whole_batch(module: nn.Module, network: Callable[..., Any], images: jnp.ndarray):
+  """The paper's batching: the whole batch through the network at once."""
+  return network(module, images)
 
 
 def group_examples(x: jnp.ndarray, group_size: int | None) -> jnp.ndarray:

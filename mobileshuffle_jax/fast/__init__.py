@@ -10,7 +10,9 @@ per layer and for whole models in float64, forward and gradients):
 - `BatchNorm` (`norm.py`): a written-out training gradient that keeps no normalized copy;
 - `ShuffleUnit` (`shuffle_unit.py`): the unit with its activations split by group;
 - `pool` (`pool.py`): ShuffleNet's 3x3 stride-2 max and average pools as shifted maxima
-  and sums, with written-out backward passes.
+  and sums, with written-out backward passes;
+- `InCacheChunks` (`batching.py`): inference in chunks of examples whose activations stay
+  in the CPU's last-level cache.
 
 `models.build(..., lowering=...)` injects them: 'xla' is the paper code as it stands
 (XLA's own convolution), 'fast' is this package, and 'auto' picks per backend (`AUTO`).
@@ -22,12 +24,13 @@ where the kernel gradient here reads them once per tap, and the 1x1 products are
 same matrix products either way.
 """
 
+from mobileshuffle_jax.fast.batching import InCacheChunks
 from mobileshuffle_jax.fast.conv import Conv
 from mobileshuffle_jax.fast.norm import BatchNorm
 from mobileshuffle_jax.fast.pool import pool
 from mobileshuffle_jax.fast.shuffle_unit import ShuffleUnit
 
-__all__ = ["AUTO", "AUTO_DEFAULT", "BatchNorm", "Conv", "ShuffleUnit", "pool"]
+__all__ = ["AUTO", "AUTO_DEFAULT", "BatchNorm", "Conv", "InCacheChunks", "ShuffleUnit", "pool"]
 
 # What 'auto' is per backend (see above); backends not listed get AUTO_DEFAULT.
 AUTO = {"cpu": "fast"}

@@ -31,20 +31,21 @@ LOWERINGS = ("auto", "xla", "fast")
 
 @dataclasses.dataclass(frozen=True)
 class Factories:
-  """What a lowering injects into a model: its conv, norm and (ShuffleNet) unit modules
-  and (ShuffleNet) pooling function."""
+  """What a lowering injects into a model: its conv, norm and (ShuffleNet) unit modules,
+  (ShuffleNet) pooling function and how inference runs a batch."""
 
   conv: Any
   norm: Any
   unit: Any
   pool: Any
+  batching: Any
 
 
 FACTORIES = {
     "xla": Factories(conv=nn.Conv, norm=layers.BatchNorm, unit=layers.ShuffleUnit,
-                     pool=layers.pool),
+                     pool=layers.pool, batching=layers.whole_batch),
     "fast": Factories(conv=fast.Conv, norm=fast.BatchNorm, unit=fast.ShuffleUnit,
-                      pool=fast.pool),
+                      pool=fast.pool, batching=fast.InCacheChunks()),
 }
 
 
@@ -75,12 +76,13 @@ FACTORIES["auto"] = Factories(**{part.name: _decided_when_traced(part.name)
 
 
 def factories(model_class: type[nn.Module], lowering: str) -> dict[str, Any]:
-  """The fields of `model_class` that `lowering` sets (conv, norm, and unit and pool where
-  it has them)."""
+  """The fields of `model_class` that `lowering` sets (conv, norm, batching, and unit and
+  pool where it has them)."""
   check_lowering(lowering)
-  chosen = dataclasses.asdict(FACTORIES[lowering])
-  return {part: factory for part, factory in chosen.items()
-          if part in model_class.__dataclass_fields__}
+  # Not `dataclasses.asdict`: it would turn a factory that is a dataclass into a dict.
+  chosen = FACTORIES[lowering]
+  return {part.name: getattr(chosen, part.name) for part in dataclasses.fields(chosen)
+          if part.name in model_class.__dataclass_fields__}
 
 
 def with_lowering(model: nn.Module, lowering: str) -> nn.Module:
@@ -92,7 +94,7 @@ def build(name: str, lowering: str = "auto", **options) -> nn.Module:
   """The model `name` with `options` (the module's fields, e.g. alpha=0.5, groups=8).
 
   `lowering` ('auto', 'xla' or 'fast'; see `mobileshuffle_jax.fast`) sets the `conv`,
-  `norm`, `unit` and `pool` factory fields; a factory given explicitly in `options` wins.
+  `norm`, `unit`, `pool` and `batching` factory fields; a factory given explicitly in `options` wins.
   """
   if name not in MODELS:
     raise ValueError(f"model={name!r} is not supported; allowed values: "

@@ -58,6 +58,8 @@ class MobileNetV1(nn.Module):
   # The conv and BatchNorm modules: the paper's, or others with the same variables.
   conv: layers.ModuleDef = nn.Conv
   norm: layers.ModuleDef = layers.BatchNorm
+  # How inference runs a batch: all at once, or in chunks with the same results.
+  batching: layers.Batching = layers.whole_batch
 
   def __post_init__(self):
     common.check_positive("alpha", self.alpha)
@@ -74,9 +76,15 @@ class MobileNetV1(nn.Module):
             for i, (stride, filters) in enumerate(BLOCKS, start=1)
             if not (self.variant == "shallow" and i in SHALLOW_DROPPED_BLOCKS)]
 
-  @nn.compact
   def __call__(self, images, train: bool = False):
     layers.check_images(images, self.input_channels, MIN_RESOLUTION)
+    if train:
+      return self.network(images, train=True)
+    return self.batching(self, functools.partial(type(self).network, train=False), images)
+
+  @nn.compact
+  def network(self, images, train: bool):
+    """The logits of `images`: the model itself (`__call__` adds the checks and batching)."""
     conv, norm = common.conv_and_norm(self.conv, self.norm, train=train, dtype=self.dtype,
                                       bn_momentum=self.bn_momentum,
                                       bn_epsilon=self.bn_epsilon,

@@ -95,6 +95,8 @@ class ShuffleNetV1(nn.Module):
   norm: layers.ModuleDef = layers.BatchNorm
   unit: layers.ModuleDef = layers.ShuffleUnit
   pool: layers.Pool = layers.pool
+  # How inference runs a batch: all at once, or in chunks with the same results.
+  batching: layers.Batching = layers.whole_batch
 
   def __post_init__(self):
     layers.check_choice("groups", self.groups, GROUPS)
@@ -134,9 +136,15 @@ class ShuffleNetV1(nn.Module):
                       compress_groups))
     return specs
 
-  @nn.compact
   def __call__(self, images, train: bool = False):
     layers.check_images(images, self.input_channels, MIN_RESOLUTION)
+    if train:
+      return self.network(images, train=True)
+    return self.batching(self, functools.partial(type(self).network, train=False), images)
+
+  @nn.compact
+  def network(self, images, train: bool):
+    """The logits of `images`: the model itself (`__call__` adds the checks and batching)."""
     conv, norm = common.conv_and_norm(self.conv, self.norm, train=train, dtype=self.dtype,
                                       bn_momentum=self.bn_momentum,
                                       bn_epsilon=self.bn_epsilon,
