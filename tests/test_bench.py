@@ -46,6 +46,8 @@ def test_json_report_of_our_model(capsys):
   # The roofline: bytes as XLA counts them (a training step moves more than inference).
   assert result["train_bytes_per_image"] > result["infer_bytes_per_image"] > 0
   assert result["train_roofline_images_per_s"] > 0 and result["infer_fraction_of_roofline"] > 0
+  # Two 64 px images fit any cache (and the Makefile's simulated devices rule chunks out).
+  assert result["inference_batching"] == "the whole batch of 2"
   assert report["speedups"] == []
   assert set(report["litert"]["latency_ms_by_threads"]) == {"1", "2"}
   assert min(report["litert"]["latency_ms_by_threads"].values()) > 0
@@ -102,7 +104,8 @@ def test_table_shows_results_errors_ratios_and_the_input_pipeline():
                  train_cpu_ms_per_image=150.0, infer_cpu_ms_per_image=30.0,
                  compile_train_s=9.0, compile_infer_s=2.0,
                  memory={"peak_rss_growth_bytes": 2**30})
-  ours = dict(figures, framework="jax", lowering="fast")
+  ours = dict(figures, framework="jax", lowering="fast",
+              inference_batching="chunks of 2 of the batch of 32")
   peer = dict(figures, framework="pytorch", model_name="pytorchcv mobilenet_w1",
               train_images_per_s=5.0, train_cpu_ms_per_image=300.0)
   for result in (ours, peer):
@@ -124,6 +127,7 @@ def test_table_shows_results_errors_ratios_and_the_input_pipeline():
                              for name, (path, _) in photos.VARIANTS.items()}}}
   table = bench_results.format_report(report)
   assert "ours (fast)" in table and "error: exit status 1: ImportError: keras" in table
+  assert "inference runs: ours (fast): chunks of 2 of the batch of 32" in table
   assert "ours (fast) / pytorchcv mobilenet_w1: 2.00  1.00  1.00;  2.00  1.00" in table
   # Cores to feed ours: 10 training (50 inference) images/s over 500 or 1000 per CPU second.
   header, default, eval_default = [

@@ -78,11 +78,34 @@ def measure_jax(spec: dict) -> dict:
   stats = device.memory_stats() if device.platform != "cpu" else None
   if stats and "peak_bytes_in_use" in stats:
     result["memory"]["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+  result["inference_batching"] = inference_batching(model, spec["lowering"], images)
   chosen = {"cpu_kernels": spec["cpu_kernels"]} if "cpu_kernels" in spec else {}
   return {"framework": "jax", "lowering": spec["lowering"], **chosen,
           "resolved_lowering": models.resolve_lowering(spec["lowering"], device.platform),
           "versions": f"JAX {jax.__version__}", "backend": device.platform,
           "device": device.device_kind, **result}
+
+
+def inference_batching(model, lowering: str, images) -> str:
+  """How `model` under `lowering` runs its inference of `images` here, in words."""
+  import jax
+
+  from mobileshuffle_jax import fast, models
+  from mobileshuffle_jax.fast import batching
+
+  resolved = models.with_lowering(model, models.resolve_lowering(lowering,
+                                                                 jax.default_backend()))
+  batch = images.shape[0]
+  if not isinstance(resolved.batching, fast.InCacheChunks):
+    return f"the whole batch of {batch}"
+  network = lambda module, x: type(module).network(module, x, train=False)
+  chunk = resolved.batching.planned_chunk(resolved, network, images)
+  if chunk >= batch:
+    return f"the whole batch of {batch}"
+  largest = batching.largest_activation_bytes(resolved, network, images[:1])
+  return (f"chunks of {chunk} of the batch of {batch} (largest activation "
+          f"{largest / 2**20:.1f} MiB per image, last-level cache "
+          f"{batching.last_level_cache_bytes() / 2**20:.0f} MiB)")
 
 
 def measure_matmul(spec: dict) -> dict:

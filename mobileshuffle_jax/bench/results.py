@@ -187,6 +187,10 @@ def format_report(report: dict) -> str:
               f"({100 * r['infer_fraction_of_roofline']:.0f}%); "
               f"{r['train_bytes_per_image'] / 2**20:.0f} / "
               f"{r['infer_bytes_per_image'] / 2**20:.0f} MiB per image" for r in rooflines]
+  batchings = [r for r in report["results"] if "error" not in r and "inference_batching" in r]
+  if batchings:
+    lines += ["", "inference runs: " + "; ".join(
+        f"{_label(r)}: {r['inference_batching']}" for r in batchings)]
   litert = report.get("litert")
   if litert and "error" in litert:
     lines += ["", f"LiteRT: error: {litert['error'].strip().splitlines()[-1]}"]

@@ -69,10 +69,9 @@ class InCacheChunks:
 
   def __call__(self, module: nn.Module, network, images):
     batch = images.shape[0]
-    if (not isinstance(batch, int) or module.is_initializing()
-        or jax.default_backend() != "cpu" or jax.device_count() > 1):
+    if module.is_initializing():
       return network(module, images)
-    chunk = even_chunk(batch, self.chunk_size(module, network, images))
+    chunk = self.planned_chunk(module, network, images)
     if chunk >= batch:
       return network(module, images)
     chunks = -(-batch // chunk)
@@ -81,6 +80,14 @@ class InCacheChunks:
                    variable_broadcast=True, split_rngs={}, length=chunks)
     _, outputs = scan(module, None, padded.reshape(chunks, chunk, *images.shape[1:]))
     return jax.tree.map(lambda y: y.reshape(chunks * chunk, *y.shape[2:])[:batch], outputs)
+
+  def planned_chunk(self, module: nn.Module, network, images):
+    """The examples per chunk for `images` (outside `init`); the batch size: all at once."""
+    batch = images.shape[0]
+    if (not isinstance(batch, int) or jax.default_backend() != "cpu"
+        or jax.device_count() > 1):
+      return batch
+    return even_chunk(batch, self.chunk_size(module, network, images))
 
   def chunk_size(self, module: nn.Module, network, images) -> int:
     """The most examples whose largest activation takes `_CACHE_SHARE` of the cache."""
