@@ -91,6 +91,11 @@ def pool(x: jnp.ndarray, kind: str, padding: str) -> jnp.ndarray:
   return nn.avg_pool(x, **window, count_include_pad=False)  # TensorFlow's SAME rule
 
 
+def inference_logits(module: nn.Module, images: jnp.ndarray):
+  """A model's `network` at inference: the `network` a model hands its `batching`."""
+  return module.network(images, train=False)
+
+
 def whole_batch(module: nn.Module, network: Callable[..., Any], images: jnp.ndarray):
   """The paper's batching: the whole batch through the network at once."""
   return network(module, images)

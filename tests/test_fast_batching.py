@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import pytest
 
@@ -28,8 +27,8 @@ def test_chunks_divide_the_batch_or_pad_it_little(batch, most, chunk):
     ("mobilenet_v1", 32 * 32 * 64 * 4), ("shufflenet_v1", 32 * 32 * 24 * 4)])
 def test_largest_activation_is_the_papers_widest_layer(name, largest):
   model = models.build(name, lowering="fast", num_classes=10, **OPTIONS[name])
-  network = lambda module, x: type(module).network(module, x, train=False)
-  assert batching.largest_activation_bytes(model, network, jnp.zeros((1, 64, 64, 3))) == largest
+  assert batching.largest_activation_bytes(model, layers.inference_logits,
+                                           jnp.zeros((1, 64, 64, 3))) == largest
 
 
 def test_the_last_level_cache_is_read_from_the_machine():
@@ -63,7 +62,7 @@ from mobileshuffle_jax import fast, layers, models
 from mobileshuffle_jax.fast import batching
 name, options = sys.argv[1], json.loads(sys.argv[2])
 model = models.build(name, lowering="auto", num_classes=10, **options)
-network = lambda module, x: type(module).network(module, x, train=False)
+network = layers.inference_logits
 largest = batching.largest_activation_bytes(model, network, jnp.zeros((1, 64, 64, 3)))
 # A chunk of at most 3 examples (a third of the cache for the largest activation).
 chunked = model.clone(batching=fast.InCacheChunks(cache_bytes=10 * largest))
@@ -75,10 +74,8 @@ variables = jax.tree.map(lambda v: v + 0.1 * jax.random.uniform(jax.random.key(2
                          variables)
 # The default ('auto' on a CPU): chunked where the machine's cache calls for it.
 full = jnp.zeros((32, 224, 224, 3))
-most = int(batching.last_level_cache_bytes() / 3 // batching.largest_activation_bytes(
-    model, network, full[:1]))
 report = {"devices": jax.device_count(),
-          "auto_expected": batching.even_chunk(32, max(1, most)) < 32,
+          "auto_expected": fast.InCacheChunks().planned_chunk(model, network, full) < 32,
           "auto_chunked": "while" in jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
               jax.eval_shape(model.init, jax.random.key(0), full[:1]), full).as_text()}
 for batch in (8, 7, 3):

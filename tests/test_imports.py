@@ -121,8 +121,8 @@ PAPER_FLOOR = {"mobileshuffle_jax.layers", "mobileshuffle_jax.paper",
                "mobileshuffle_jax.models.common", "mobileshuffle_jax.models.mobilenet_v1",
                "mobileshuffle_jax.models.shufflenet_v1"}
 SPEED_FLOOR = {"mobileshuffle_jax.models", "mobileshuffle_jax.fast",
-               "mobileshuffle_jax.fast.batching", "mobileshuffle_jax.fast.conv", "mobileshuffle_jax.fast.norm",
-               "mobileshuffle_jax.fast.pool", "mobileshuffle_jax.fast.shuffle_unit"}
+               "mobileshuffle_jax.fast.batching", "mobileshuffle_jax.fast.conv",
+               "mobileshuffle_jax.fast.norm", "mobileshuffle_jax.fast.pool", "mobileshuffle_jax.fast.shuffle_unit"}
 TOOL_PREFIXES = ("mobileshuffle_jax.bench", "mobileshuffle_jax.sweep", "mobileshuffle_jax.report",
                  "mobileshuffle_jax.export.check")
 

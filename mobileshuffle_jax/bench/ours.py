@@ -90,7 +90,7 @@ def inference_batching(model, lowering: str, images) -> str:
   """How `model` under `lowering` runs its inference of `images` here, in words."""
   import jax
 
-  from mobileshuffle_jax import fast, models
+  from mobileshuffle_jax import fast, layers, models
   from mobileshuffle_jax.fast import batching
 
   resolved = models.with_lowering(model, models.resolve_lowering(lowering,
@@ -98,7 +98,7 @@ def inference_batching(model, lowering: str, images) -> str:
   batch = images.shape[0]
   if not isinstance(resolved.batching, fast.InCacheChunks):
     return f"the whole batch of {batch}"
-  network = lambda module, x: type(module).network(module, x, train=False)
+  network = layers.inference_logits
   chunk = resolved.batching.planned_chunk(resolved, network, images)
   if chunk >= batch:
     return f"the whole batch of {batch}"

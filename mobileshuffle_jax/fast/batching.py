@@ -59,10 +59,10 @@ class InCacheChunks:
   `batching(module, network, images)`: `network(module, images)` is the model's inference
   on any batch. The chunk size is set by the largest activation one example makes (traced,
   not run); a batch without a divisor near that size is padded with zeros to equal chunks
-  (`even_chunk`), and the padding is dropped from the result. The whole batch runs at once when chunks would not help or
-  cannot be formed: a batch of one chunk, a batch size unknown when traced (exports with a
-  symbolic batch), other backends, programs over several devices (a sharded batch's
-  chunks would cross devices), and `init`.
+  (`even_chunk`), and the padding is dropped from the result. The whole batch runs at once
+  when chunks would not help or cannot be formed: a batch of one chunk, a batch size
+  unknown when traced (exports with a symbolic batch), other backends, programs over
+  several devices (a sharded batch's chunks would cross devices), and `init`.
   """
 
   cache_bytes: int | None = None

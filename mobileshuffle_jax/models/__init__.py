@@ -94,7 +94,8 @@ def build(name: str, lowering: str = "auto", **options) -> nn.Module:
   """The model `name` with `options` (the module's fields, e.g. alpha=0.5, groups=8).
 
   `lowering` ('auto', 'xla' or 'fast'; see `mobileshuffle_jax.fast`) sets the `conv`,
-  `norm`, `unit`, `pool` and `batching` factory fields; a factory given explicitly in `options` wins.
+  `norm`, `unit`, `pool` and `batching` factory fields; a factory given explicitly in
+  `options` wins.
   """
   if name not in MODELS:
     raise ValueError(f"model={name!r} is not supported; allowed values: "

@@ -140,7 +140,7 @@ class ShuffleNetV1(nn.Module):
     layers.check_images(images, self.input_channels, MIN_RESOLUTION)
     if train:
       return self.network(images, train=True)
-    return self.batching(self, functools.partial(type(self).network, train=False), images)
+    return self.batching(self, layers.inference_logits, images)
 
   @nn.compact
   def network(self, images, train: bool):
