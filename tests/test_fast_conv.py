@@ -60,6 +60,29 @@ def test_depthwise_other_kernel_sizes_and_valid_padding():
   assert_same_conv(x, _random(1, (3, 3, 1, 4)), (2, 2), ((0, 2), (1, 0)), 4)
 
 
+@pytest.mark.parametrize("width,stride", [(16, 1), (22, 1), (13, 1), (24, 2), (7, 2)],
+                         ids=["two-runs", "runs-of-2", "prime", "s2-runs-of-6", "s2-odd"])
+def test_depthwise_kernel_grad_over_runs_of_columns(width, stride):
+  """The kernel gradient sums runs of output columns first (runs of 8 where the width
+  allows, of a smaller divisor where not, of 1 for a prime width): each equals XLA's."""
+  x = _random(0, (3, 5, width, 4))
+  assert_same_conv(x, _random(1, (3, 3, 1, 4)), (stride, stride), "SAME", 4)
+
+
+def test_depthwise_kernel_grad_reads_the_activations_in_one_pass():
+  """One fused loop reads all nine windows of the input for the kernel gradient, where a
+  reduction per tap would read the input and the output gradient nine times."""
+  x, kernel = _random(0, (2, 10, 16, 6)), _random(1, (3, 3, 6))
+  out = jax.eval_shape(lambda x: depthwise_conv(x, kernel, 1, ((1, 1), (1, 1))), x)
+
+  def kernel_grad(x, kernel, cotangent):
+    return jax.vjp(lambda kernel: depthwise_conv(x, kernel, 1, ((1, 1), (1, 1))),
+                   kernel)[1](cotangent)[0]
+
+  compiled = jax.jit(kernel_grad).lower(x, kernel, _random(2, out.shape)).compile().as_text()
+  assert _fusions_with_slices(compiled, 9) == 1
+
+
 def test_dense_1x1():
   assert_same_conv(_random(0, (2, 5, 6, 12)), _random(1, (1, 1, 12, 20)), (1, 1), "SAME", 1)
 

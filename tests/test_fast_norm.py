@@ -100,7 +100,7 @@ def test_training_gradients_are_those_of_the_formulas():
   for every input and through all three outputs (the statistics feed the running
   averages), with two groups of examples whose statistics differ."""
   rng = np.random.default_rng(0)
-  grouped = rng.normal(0.0, 1.0, (2, 3, 4, 5, 6))
+  grouped = rng.normal(0.0, 1.0, (2, 3, 4, 10, 6))  # two runs of 5 columns per row
   grouped[1] = grouped[1] * 3.0 + 2.0
   scale, bias = rng.uniform(0.5, 2.0, 6), rng.normal(0.0, 1.0, 6)
   with jax.enable_x64(True):

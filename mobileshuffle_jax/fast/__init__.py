@@ -19,8 +19,8 @@ per layer and for whole models in float64, forward and gradients):
 On CPU 'fast' runs MobileNet v1 1.0 and ShuffleNet v1 1x g=3 at 224 px several times
 faster, training and inference (`python -m mobileshuffle_jax.bench --lowering all`).
 Elsewhere 'xla', unmeasured: GPU and TPU convolutions run depthwise and grouped convs as
-native kernels (cuDNN, the TPU's convolution units) in one pass over the activations,
-where the kernel gradient here reads them once per tap, and the 1x1 products are the
+native kernels (cuDNN, the TPU's convolution units), where this package's shifted
+windows and reductions are written for XLA:CPU's loops, and the 1x1 products are the
 same matrix products either way.
 """
 

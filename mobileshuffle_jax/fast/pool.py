@@ -23,7 +23,7 @@ import numpy as np
 
 from mobileshuffle_jax import layers
 from mobileshuffle_jax.fast.conv import (Pads, explicit_padding, materialized, output_size,
-                                         strided_window, window_transpose)
+                                         pad_for_transpose, strided_window, window_transpose)
 
 _WINDOW, _STRIDE = (3, 3), 2
 
@@ -73,8 +73,10 @@ def _max_pool_fwd(x, pads, in_size):
 def _max_pool_bwd(pads, in_size, first, grad):
   width = _WINDOW[1]
   zero = jnp.zeros((), grad.dtype)
+  sources = tuple(pad_for_transpose(source, _WINDOW, _STRIDE, pads, in_size)
+                  for source in (grad, first))
   return (window_transpose(lambda i, j, g, tap: jnp.where(tap == i * width + j, g, zero),
-                           (grad, first), _WINDOW, _STRIDE, pads, in_size),)
+                           sources, _WINDOW, _STRIDE, pads, in_size),)
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
@@ -111,8 +113,8 @@ def _avg_pool_bwd(pads, in_size, exclude_padding, residuals, grad):
   del residuals  # the gradient depends on the shapes alone
   out_size = grad.shape[1:3]
   counts = _window_counts(in_size, pads, exclude_padding, out_size)
-  return (window_transpose(lambda i, j, g: g, (grad / counts.astype(grad.dtype),), _WINDOW,
-                           _STRIDE, pads, in_size),)
+  source = pad_for_transpose(grad / counts.astype(grad.dtype), _WINDOW, _STRIDE, pads, in_size)
+  return (window_transpose(lambda i, j, g: g, (source,), _WINDOW, _STRIDE, pads, in_size),)
 
 
 avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
