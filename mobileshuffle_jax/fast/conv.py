@@ -162,8 +162,9 @@ def _planes(window: tuple[int, int], stride: int, pads: Pads, in_size: tuple[int
 
 def transpose_padding(window: tuple[int, int], stride: int, pads: Pads,
                       in_size: tuple[int, int], out_size: tuple[int, int]) -> Pads:
-  """The zeros `window_transpose` reads around an output-shaped source: `reach` - 1 rows
-  (columns) before it, and after it up to the parity planes' size."""
+  """The zeros `window_transpose` reads around an output-shaped source: before it, one
+  row (column) fewer than a tap window spans in a parity plane; after it, up to the
+  planes' size."""
   plane, reach = _planes(window, stride, pads, in_size)
   return tuple((r - 1, p - o) for r, p, o in zip(reach, plane, out_size))
 
